@@ -1,0 +1,544 @@
+//! Reading the data files into the typed rows of [`crate::model`].
+//!
+//! The three dimension tables are small and read whole by [`read_airlines`],
+//! [`read_airports`] and [`read_planes`]. The two big files are read once per
+//! process through a source: [`FlightsSource`] serves the rows of one local day,
+//! [`WeatherSource`] the observations of one hour window. Both parse on first use
+//! and keep the result (or the error) for every later call, from any thread.
+//!
+//! Parsing is strict: the header must be exactly the expected one, and a value that
+//! does not fit its column fails the whole file with a [`DataError`] naming the
+//! file, line and column. The files are pinned by `data/SHA256SUMS`, so a bad row
+//! means a damaged file, not a row to skip.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use csv::StringRecord;
+use jiff::Timestamp;
+use jiff::civil::Date;
+
+use crate::error::DataError;
+use crate::model::{Airline, Airport, Plane, RawFlight, WeatherObs};
+
+/// Name of the zip archive holding the flights, inside the data directory.
+pub const FLIGHTS_ZIP: &str = "flights.csv.zip";
+/// Name of the one CSV inside [`FLIGHTS_ZIP`].
+pub const FLIGHTS_ENTRY: &str = "flights.csv";
+pub const WEATHER_CSV: &str = "weather.csv";
+pub const AIRLINES_CSV: &str = "airlines.csv";
+pub const AIRPORTS_CSV: &str = "airports.csv";
+pub const PLANES_CSV: &str = "planes.csv";
+
+const AIRLINE_COLUMNS: &[&str] = &["carrier", "name"];
+const AIRPORT_COLUMNS: &[&str] = &["faa", "name", "lat", "lon", "alt", "tz", "dst", "tzone"];
+const PLANE_COLUMNS: &[&str] = &[
+    "tailnum",
+    "year",
+    "type",
+    "manufacturer",
+    "model",
+    "engines",
+    "seats",
+    "speed",
+    "engine",
+];
+const FLIGHT_COLUMNS: &[&str] = &[
+    "year",
+    "month",
+    "day",
+    "dep_time",
+    "sched_dep_time",
+    "dep_delay",
+    "arr_time",
+    "sched_arr_time",
+    "arr_delay",
+    "carrier",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "air_time",
+    "distance",
+    "hour",
+    "minute",
+    "time_hour",
+];
+const WEATHER_COLUMNS: &[&str] = &[
+    "origin",
+    "year",
+    "month",
+    "day",
+    "hour",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+    "time_hour",
+];
+
+/// Reads `airlines.csv` from the data directory.
+pub fn read_airlines(data_dir: impl AsRef<Path>) -> Result<Vec<Airline>, DataError> {
+    let path = data_dir.as_ref().join(AIRLINES_CSV);
+    parse_csv(
+        open(&path)?,
+        &path.display().to_string(),
+        AIRLINE_COLUMNS,
+        |f| {
+            Ok(Airline {
+                carrier: f.string(0)?,
+                name: f.string(1)?,
+            })
+        },
+    )
+}
+
+/// Reads `airports.csv` from the data directory.
+pub fn read_airports(data_dir: impl AsRef<Path>) -> Result<Vec<Airport>, DataError> {
+    let path = data_dir.as_ref().join(AIRPORTS_CSV);
+    parse_csv(
+        open(&path)?,
+        &path.display().to_string(),
+        AIRPORT_COLUMNS,
+        |f| {
+            Ok(Airport {
+                faa: f.string(0)?,
+                name: f.string(1)?,
+                lat: f.float(2)?,
+                lon: f.float(3)?,
+                alt: f.required(4, INTEGER)?,
+                tz: f.required(5, INTEGER)?,
+                dst: f.string(6)?,
+                tzone: f.optional_string(7),
+            })
+        },
+    )
+}
+
+/// Reads `planes.csv` from the data directory.
+pub fn read_planes(data_dir: impl AsRef<Path>) -> Result<Vec<Plane>, DataError> {
+    let path = data_dir.as_ref().join(PLANES_CSV);
+    parse_csv(
+        open(&path)?,
+        &path.display().to_string(),
+        PLANE_COLUMNS,
+        |f| {
+            Ok(Plane {
+                tailnum: f.string(0)?,
+                year: f.optional(1, INTEGER_OR_NA)?,
+                kind: f.string(2)?,
+                manufacturer: f.string(3)?,
+                model: f.string(4)?,
+                engines: f.required(5, INTEGER)?,
+                seats: f.required(6, INTEGER)?,
+                speed: f.optional(7, INTEGER_OR_NA)?,
+                engine: f.string(8)?,
+            })
+        },
+    )
+}
+
+/// Parses the CSV text of `flights.csv`; `file` names it in errors.
+///
+/// Rows come back in file order. Besides the types of single fields this checks
+/// only that `year`, `month` and `day` form a real date, since that is the key the
+/// rows are served by.
+pub fn parse_flights(reader: impl Read, file: &str) -> Result<Vec<RawFlight>, DataError> {
+    let dated = parse_dated_flights(reader, file)?;
+    Ok(dated.into_iter().map(|(_, flight)| flight).collect())
+}
+
+/// [`parse_flights`], with each row's local date of scheduled departure.
+fn parse_dated_flights(reader: impl Read, file: &str) -> Result<Vec<(Date, RawFlight)>, DataError> {
+    parse_csv(reader, file, FLIGHT_COLUMNS, |f| {
+        let flight = RawFlight {
+            line: f.line,
+            year: f.required(0, INTEGER)?,
+            month: f.required(1, INTEGER)?,
+            day: f.required(2, INTEGER)?,
+            dep_time: f.optional(3, INTEGER_OR_NA)?,
+            sched_dep_time: f.required(4, INTEGER)?,
+            dep_delay: f.optional(5, INTEGER_OR_NA)?,
+            arr_time: f.optional(6, INTEGER_OR_NA)?,
+            sched_arr_time: f.required(7, INTEGER)?,
+            arr_delay: f.optional(8, INTEGER_OR_NA)?,
+            carrier: f.string(9)?,
+            flight: f.required(10, INTEGER)?,
+            tailnum: f.optional_string(11),
+            origin: f.string(12)?,
+            dest: f.string(13)?,
+            air_time: f.optional(14, INTEGER_OR_NA)?,
+            distance: f.required(15, INTEGER)?,
+            hour: f.required(16, INTEGER)?,
+            minute: f.required(17, INTEGER)?,
+            time_hour: f.required(18, TIMESTAMP)?,
+        };
+        if !(1..=12).contains(&flight.month) {
+            return Err(f.invalid(1, "a month from 1 to 12"));
+        }
+        let date = Date::new(flight.year, flight.month, flight.day)
+            .map_err(|_| f.invalid(2, "a day that exists in the month"))?;
+        Ok((date, flight))
+    })
+}
+
+/// Parses the CSV text of `weather.csv`; `file` names it in errors.
+///
+/// The local `year,month,day,hour` of each row must be its `time_hour` seen in
+/// America/New_York; a row where they disagree is an error.
+pub fn parse_weather(reader: impl Read, file: &str) -> Result<Vec<WeatherObs>, DataError> {
+    let zone = crate::new_york();
+    parse_csv(reader, file, WEATHER_COLUMNS, |f| {
+        let local: (i16, i8, i8, i8) = (
+            f.required(1, INTEGER)?,
+            f.required(2, INTEGER)?,
+            f.required(3, INTEGER)?,
+            f.required(4, INTEGER)?,
+        );
+        let obs = WeatherObs {
+            origin: f.string(0)?,
+            time_hour: f.required(14, TIMESTAMP)?,
+            temp: f.optional_float(5)?,
+            dewp: f.optional_float(6)?,
+            humid: f.optional_float(7)?,
+            wind_dir: f.optional(8, INTEGER_OR_NA)?,
+            wind_speed: f.optional_float(9)?,
+            wind_gust: f.optional_float(10)?,
+            precip: f.optional_float(11)?,
+            pressure: f.optional_float(12)?,
+            visib: f.optional_float(13)?,
+        };
+
+        // The hour partitions select rows by `time_hour` alone, so the local columns
+        // must not say something else.
+        let seen = obs.time_hour.to_zoned(zone.clone()).datetime();
+        if (seen.year(), seen.month(), seen.day(), seen.hour()) != local {
+            let (year, month, day, hour) = local;
+            return Err(f.inconsistent(
+                14,
+                format!(
+                    "{} is {seen} in America/New_York, but the row says \
+                     {year}-{month:02}-{day:02} hour {hour}",
+                    obs.time_hour
+                ),
+            ));
+        }
+        Ok(obs)
+    })
+}
+
+/// The flights of `flights.csv.zip`, served one local day at a time.
+///
+/// The archive is parsed on the first call to [`FlightsSource::day`] (about a
+/// second in a release build) and kept in memory, indexed by date; later calls
+/// only clone the day's rows. Share one source between tasks, e.g. in an `Arc`:
+/// concurrent first calls wait for a single parse.
+pub struct FlightsSource {
+    path: PathBuf,
+    /// Rows grouped by the local date of scheduled departure, in file order within a
+    /// day. Set once; a failed load is kept so every caller gets the same error.
+    days: OnceLock<Result<HashMap<Date, Vec<RawFlight>>, DataError>>,
+}
+
+impl FlightsSource {
+    /// Points a source at `flights.csv.zip` in `data_dir`, without parsing it yet.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the archive does not exist or cannot be accessed.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, DataError> {
+        let path = data_dir.as_ref().join(FLIGHTS_ZIP);
+        std::fs::metadata(&path).map_err(|source| io_error(&path, source))?;
+        Ok(Self {
+            path,
+            days: OnceLock::new(),
+        })
+    }
+
+    /// The flights scheduled to depart on local date `date`, in file order.
+    ///
+    /// A date without flights (outside 2013) gives an empty list.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the archive cannot be read or any of its rows does not parse; the
+    /// same error is returned by every call.
+    pub fn day(&self, date: Date) -> Result<Vec<RawFlight>, DataError> {
+        Ok(self.load()?.get(&date).cloned().unwrap_or_default())
+    }
+
+    /// Every date that has at least one flight, ascending.
+    ///
+    /// # Errors
+    ///
+    /// As for [`FlightsSource::day`].
+    pub fn dates(&self) -> Result<Vec<Date>, DataError> {
+        let mut dates: Vec<Date> = self.load()?.keys().copied().collect();
+        dates.sort_unstable();
+        Ok(dates)
+    }
+
+    fn load(&self) -> Result<&HashMap<Date, Vec<RawFlight>>, DataError> {
+        let loaded = self.days.get_or_init(|| {
+            let mut days: HashMap<Date, Vec<RawFlight>> = HashMap::new();
+            for (date, flight) in read_flights_zip(&self.path)? {
+                days.entry(date).or_default().push(flight);
+            }
+            Ok(days)
+        });
+        loaded.as_ref().map_err(Clone::clone)
+    }
+}
+
+impl fmt::Debug for FlightsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlightsSource")
+            .field("path", &self.path)
+            .field("loaded", &self.days.get().map(Result::is_ok))
+            .finish()
+    }
+}
+
+fn read_flights_zip(path: &Path) -> Result<Vec<(Date, RawFlight)>, DataError> {
+    let zip_error = |source| DataError::Zip {
+        path: path.to_path_buf(),
+        entry: FLIGHTS_ENTRY,
+        source: Arc::new(source),
+    };
+    let mut archive = zip::ZipArchive::new(open(path)?).map_err(zip_error)?;
+    let entry = archive.by_name(FLIGHTS_ENTRY).map_err(zip_error)?;
+    parse_dated_flights(entry, &format!("{FLIGHTS_ENTRY} in {}", path.display()))
+}
+
+/// The observations of `weather.csv`, served by hour window.
+///
+/// Like [`FlightsSource`], the file is parsed on first use and kept, sorted by
+/// `time_hour` then origin, so a window is found by binary search.
+pub struct WeatherSource {
+    path: PathBuf,
+    /// All observations sorted by `(time_hour, origin)`. Set once, errors kept.
+    observations: OnceLock<Result<Vec<WeatherObs>, DataError>>,
+}
+
+impl WeatherSource {
+    /// Points a source at `weather.csv` in `data_dir`, without parsing it yet.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the file does not exist or cannot be accessed.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, DataError> {
+        let path = data_dir.as_ref().join(WEATHER_CSV);
+        std::fs::metadata(&path).map_err(|source| io_error(&path, source))?;
+        Ok(Self {
+            path,
+            observations: OnceLock::new(),
+        })
+    }
+
+    /// The observations whose `time_hour` lies in `[start, end)`, sorted by
+    /// `time_hour` then origin. An empty or inverted window gives an empty list.
+    ///
+    /// For an hour partition pass the partition's bounds: on 2013-11-03 the two
+    /// local 01:00 hours are the windows starting 05:00Z and 06:00Z, and each gets
+    /// only its own observations.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the file cannot be read or any of its rows does not parse; the same
+    /// error is returned by every call.
+    pub fn hour(&self, start: Timestamp, end: Timestamp) -> Result<Vec<WeatherObs>, DataError> {
+        let all = self.load()?;
+        let from = all.partition_point(|obs| obs.time_hour < start);
+        let to = all.partition_point(|obs| obs.time_hour < end).max(from);
+        Ok(all[from..to].to_vec())
+    }
+
+    fn load(&self) -> Result<&[WeatherObs], DataError> {
+        let loaded = self.observations.get_or_init(|| {
+            let file = self.path.display().to_string();
+            let mut all = parse_weather(BufReader::new(open(&self.path)?), &file)?;
+            all.sort_by(|a, b| (a.time_hour, &a.origin).cmp(&(b.time_hour, &b.origin)));
+            Ok(all)
+        });
+        loaded.as_deref().map_err(Clone::clone)
+    }
+}
+
+impl fmt::Debug for WeatherSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeatherSource")
+            .field("path", &self.path)
+            .field("loaded", &self.observations.get().map(Result::is_ok))
+            .finish()
+    }
+}
+
+const INTEGER: &str = "an integer";
+const INTEGER_OR_NA: &str = "an integer or NA";
+const TIMESTAMP: &str = "a UTC timestamp like 2013-01-01T10:00:00Z";
+
+fn open(path: &Path) -> Result<File, DataError> {
+    File::open(path).map_err(|source| io_error(path, source))
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> DataError {
+    DataError::Io {
+        path: path.to_path_buf(),
+        source: Arc::new(source),
+    }
+}
+
+/// Checks the header of a CSV file against `columns`, then turns each record into a
+/// row with `row`, stopping at the first error.
+fn parse_csv<T>(
+    reader: impl Read,
+    file: &str,
+    columns: &'static [&'static str],
+    mut row: impl FnMut(&Fields<'_>) -> Result<T, DataError>,
+) -> Result<Vec<T>, DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .buffer_capacity(1 << 16)
+        .from_reader(reader);
+
+    let header = reader.headers().map_err(|err| csv_error(file, &err))?;
+    if !header.iter().eq(columns.iter().copied()) {
+        return Err(DataError::Header {
+            file: file.to_owned(),
+            found: header.iter().collect::<Vec<_>>().join(","),
+            expected: columns.join(","),
+        });
+    }
+
+    let mut rows = Vec::new();
+    let mut record = StringRecord::new();
+    while reader
+        .read_record(&mut record)
+        .map_err(|err| csv_error(file, &err))?
+    {
+        let line = record.position().map_or(0, csv::Position::line);
+        rows.push(row(&Fields {
+            file,
+            line,
+            columns,
+            record: &record,
+        })?);
+    }
+    Ok(rows)
+}
+
+fn csv_error(file: &str, err: &csv::Error) -> DataError {
+    let line = err.position().map_or(0, csv::Position::line);
+    let message = match err.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
+            format!("expected {expected_len} fields, found {len}")
+        }
+        csv::ErrorKind::Utf8 { err, .. } => format!("invalid utf-8: {err}"),
+        csv::ErrorKind::Io(err) => format!("read failed: {err}"),
+        _ => err.to_string(),
+    };
+    DataError::Csv {
+        file: file.to_owned(),
+        line,
+        message,
+    }
+}
+
+/// One record being parsed, with what is needed to report a bad field.
+struct Fields<'a> {
+    file: &'a str,
+    line: u64,
+    columns: &'static [&'static str],
+    /// Has exactly `columns.len()` fields: the header check and the csv reader's
+    /// equal-length rule guarantee it.
+    record: &'a StringRecord,
+}
+
+impl Fields<'_> {
+    fn text(&self, column: usize) -> &str {
+        self.record.get(column).unwrap_or_default()
+    }
+
+    fn string(&self, column: usize) -> Result<String, DataError> {
+        match self.text(column) {
+            "" | "NA" => Err(self.invalid(column, "a non-empty value")),
+            text => Ok(text.to_owned()),
+        }
+    }
+
+    fn optional_string(&self, column: usize) -> Option<String> {
+        match self.text(column) {
+            "" | "NA" => None,
+            text => Some(text.to_owned()),
+        }
+    }
+
+    fn required<T: FromStr>(&self, column: usize, expected: &'static str) -> Result<T, DataError> {
+        self.text(column)
+            .parse()
+            .map_err(|_| self.invalid(column, expected))
+    }
+
+    fn optional<T: FromStr>(
+        &self,
+        column: usize,
+        expected: &'static str,
+    ) -> Result<Option<T>, DataError> {
+        match self.text(column) {
+            "NA" => Ok(None),
+            text => text
+                .parse()
+                .map(Some)
+                .map_err(|_| self.invalid(column, expected)),
+        }
+    }
+
+    fn float(&self, column: usize) -> Result<f64, DataError> {
+        match self.text(column).parse::<f64>() {
+            Ok(value) if value.is_finite() => Ok(value),
+            _ => Err(self.invalid(column, "a finite number")),
+        }
+    }
+
+    fn optional_float(&self, column: usize) -> Result<Option<f64>, DataError> {
+        match self.text(column) {
+            "NA" => Ok(None),
+            text => match text.parse::<f64>() {
+                Ok(value) if value.is_finite() => Ok(Some(value)),
+                _ => Err(self.invalid(column, "a finite number or NA")),
+            },
+        }
+    }
+
+    fn invalid(&self, column: usize, expected: &'static str) -> DataError {
+        DataError::Field {
+            file: self.file.to_owned(),
+            line: self.line,
+            column: column + 1,
+            name: self.columns.get(column).copied().unwrap_or_default(),
+            value: self.text(column).to_owned(),
+            expected,
+        }
+    }
+
+    fn inconsistent(&self, column: usize, message: String) -> DataError {
+        DataError::Inconsistent {
+            file: self.file.to_owned(),
+            line: self.line,
+            column: column + 1,
+            name: self.columns.get(column).copied().unwrap_or_default(),
+            message,
+        }
+    }
+}
