@@ -542,3 +542,195 @@ impl Fields<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const HEADER: &str = "year,month,day,dep_time,sched_dep_time,dep_delay,arr_time,\
+                          sched_arr_time,arr_delay,carrier,flight,tailnum,origin,dest,\
+                          air_time,distance,hour,minute,time_hour\n";
+    const GOOD: &str =
+        "2013,1,1,517,515,2,830,819,11,UA,1545,N14228,EWR,IAH,227,1400,5,15,2013-01-01T10:00:00Z\n";
+    const CANCELLED: &str =
+        "2013,1,1,NA,1630,NA,NA,1815,NA,EV,4308,N18120,EWR,RDU,NA,416,16,30,2013-01-01T21:00:00Z\n";
+
+    fn flights_csv(rows: &[&str]) -> String {
+        std::iter::once(HEADER)
+            .chain(rows.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn na_becomes_none() {
+        let rows =
+            parse_flights(flights_csv(&[GOOD, CANCELLED]).as_bytes(), "flights.csv").unwrap();
+
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].line, rows[0].arr_delay, rows[0].dep_time),
+            (2, Some(11), Some(517))
+        );
+        assert_eq!(
+            (rows[1].line, rows[1].arr_delay, rows[1].dep_time),
+            (3, None, None)
+        );
+        assert_eq!(rows[1].time_hour.to_string(), "2013-01-01T21:00:00Z");
+    }
+
+    #[test]
+    fn malformed_value_names_file_line_and_column() {
+        let bad = GOOD.replace(",11,UA,", ",eleven,UA,");
+        let csv = flights_csv(&[GOOD, CANCELLED, &bad]);
+
+        let err = parse_flights(csv.as_bytes(), "flights.csv").unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "flights.csv: line 4, column 9 (arr_delay): invalid value \"eleven\", \
+             expected an integer or NA"
+        );
+    }
+
+    #[test]
+    fn impossible_date_is_malformed() {
+        let bad = GOOD.replacen("2013,1,1,", "2013,2,30,", 1);
+
+        let err = parse_flights(flights_csv(&[&bad]).as_bytes(), "flights.csv").unwrap_err();
+
+        assert!(
+            err.to_string()
+                .starts_with("flights.csv: line 2, column 3 (day): invalid value \"30\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_field_is_a_csv_error_with_line() {
+        let short = GOOD.replace(",2013-01-01T10:00:00Z", "");
+
+        let err = parse_flights(flights_csv(&[GOOD, &short]).as_bytes(), "f.csv").unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "f.csv: line 3: expected 19 fields, found 18"
+        );
+    }
+
+    #[test]
+    fn unexpected_header_is_refused() {
+        let csv = flights_csv(&[GOOD]).replacen("dep_time", "departure", 1);
+
+        let err = parse_flights(csv.as_bytes(), "flights.csv").unwrap_err();
+
+        assert!(matches!(err, DataError::Header { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("flights.csv: line 1: unexpected header")
+        );
+    }
+
+    #[test]
+    fn weather_local_columns_must_match_time_hour() {
+        let header = WEATHER_COLUMNS.join(",");
+        let good = "EWR,2013,11,3,1,51.98,39.02,61.15,310,6.9,NA,0,1009.8,10,2013-11-03T06:00:00Z";
+        // 06:00Z on 2013-11-03 is 01:00 EST; 02:00 would be 07:00Z.
+        let bad = good.replace(",3,1,", ",3,2,");
+
+        let rows = parse_weather(format!("{header}\n{good}\n").as_bytes(), "w.csv").unwrap();
+        let err = parse_weather(format!("{header}\n{bad}\n").as_bytes(), "w.csv").unwrap_err();
+
+        assert_eq!(rows[0].wind_gust, None);
+        assert_eq!(rows[0].temp, Some(51.98));
+        assert_eq!(
+            err.to_string(),
+            "w.csv: line 2, column 15 (time_hour): 2013-11-03T06:00:00Z is \
+             2013-11-03T01:00:00 in America/New_York, but the row says 2013-11-03 hour 2"
+        );
+    }
+
+    #[test]
+    fn weather_rejects_non_finite_numbers() {
+        let header = WEATHER_COLUMNS.join(",");
+        let row = "EWR,2013,1,1,1,NaN,26.06,59.37,270,10.3,NA,0,1012,10,2013-01-01T06:00:00Z";
+
+        let err = parse_weather(format!("{header}\n{row}\n").as_bytes(), "w.csv").unwrap_err();
+
+        assert!(
+            err.to_string()
+                .contains("column 6 (temp): invalid value \"NaN\""),
+            "{err}"
+        );
+    }
+
+    /// Writes a `flights.csv.zip` holding `csv` into a fresh directory.
+    fn zip_dir(csv: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join(FLIGHTS_ZIP)).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        zip.start_file(FLIGHTS_ENTRY, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(csv.as_bytes()).unwrap();
+        zip.finish().unwrap();
+        dir
+    }
+
+    #[test]
+    fn flights_source_serves_days_from_the_zip() {
+        let next_day = GOOD.replacen("2013,1,1,", "2013,1,2,", 1);
+        let dir = zip_dir(&flights_csv(&[GOOD, &next_day, CANCELLED]));
+
+        let source = FlightsSource::open(dir.path()).unwrap();
+
+        let first: Vec<u64> = source
+            .day(jiff::civil::date(2013, 1, 1))
+            .unwrap()
+            .iter()
+            .map(|f| f.line)
+            .collect();
+        assert_eq!(first, [2, 4]);
+        assert_eq!(source.day(jiff::civil::date(2013, 1, 2)).unwrap().len(), 1);
+        assert!(
+            source
+                .day(jiff::civil::date(2014, 1, 1))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn flights_source_keeps_its_load_error() {
+        let bad = GOOD.replace(",1400,", ",far,");
+        let dir = zip_dir(&flights_csv(&[GOOD, &bad]));
+        let source = FlightsSource::open(dir.path()).unwrap();
+
+        let first = source
+            .day(jiff::civil::date(2013, 1, 1))
+            .unwrap_err()
+            .to_string();
+        let again = source
+            .day(jiff::civil::date(2013, 1, 1))
+            .unwrap_err()
+            .to_string();
+
+        assert_eq!(first, again);
+        assert!(first.starts_with("flights.csv in "), "{first}");
+        assert!(
+            first.ends_with(
+                "line 3, column 16 (distance): invalid value \"far\", expected an integer"
+            )
+        );
+    }
+
+    #[test]
+    fn missing_files_fail_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let err = FlightsSource::open(dir.path()).unwrap_err();
+
+        assert!(err.to_string().starts_with("cannot read "), "{err}");
+        assert!(WeatherSource::open(dir.path()).is_err());
+    }
+}
