@@ -363,3 +363,290 @@ fn sum_reports(daily: &[DailyReport]) -> Result<Summed, ReportError> {
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use jiff::civil::date;
+
+    use crate::clean::CleanCounts;
+
+    fn flight(carrier: &str, route: (&str, &str), delays: (Option<i32>, Option<i32>)) -> Flight {
+        Flight {
+            line: 2,
+            carrier: carrier.into(),
+            carrier_name: format!("{carrier} Airways"),
+            flight: 1,
+            tailnum: None,
+            origin: route.0.into(),
+            dest: route.1.into(),
+            sched_dep_time: 900,
+            dep_time: delays.0.map(|_| 905),
+            sched_arr_time: 1200,
+            arr_time: delays.1.map(|_| 1210),
+            dep_delay: delays.0,
+            arr_delay: delays.1,
+            air_time: None,
+            distance: 500,
+            time_hour: "2013-02-08T14:00:00Z".parse().unwrap(),
+            weather: None,
+        }
+    }
+
+    fn cleaned(flights: Vec<Flight>, cancelled: Vec<Flight>) -> CleanedFlights {
+        let counts = CleanCounts {
+            rows_in: (flights.len() + cancelled.len()) as u32,
+            rows_out: flights.len() as u32,
+            cancelled: cancelled.len() as u32,
+            ..CleanCounts::default()
+        };
+        CleanedFlights {
+            date: date(2013, 2, 8),
+            flights,
+            cancelled,
+            dropped: vec![],
+            counts,
+        }
+    }
+
+    fn no_weather() -> DailyWeather {
+        crate::weather::daily_weather(date(2013, 2, 8), vec![])
+    }
+
+    fn report(flights: Vec<Flight>, cancelled: Vec<Flight>) -> DailyReport {
+        daily_report(
+            date(2013, 2, 8),
+            &cleaned(flights, cancelled),
+            &no_weather(),
+        )
+    }
+
+    const JFK_LAX: (&str, &str) = ("JFK", "LAX");
+
+    #[test]
+    fn carrier_without_arrival_delays_has_no_arrival_measures() {
+        // As YV on 2013-02-08: one flight diverted (departed, no arr_delay), the
+        // rest cancelled.
+        let diverted = flight("YV", JFK_LAX, (Some(30), None));
+        let cancelled = vec![flight("YV", JFK_LAX, (None, None)); 2];
+
+        let report = report(vec![diverted], cancelled);
+
+        let yv = &report.carriers[0];
+        assert_eq!((yv.totals.flights, yv.totals.cancelled), (3, 2));
+        assert_eq!(yv.mean_dep_delay_min, Some(30.0));
+        assert_eq!((yv.mean_arr_delay_min, yv.on_time_pct), (None, None));
+    }
+
+    #[test]
+    fn carrier_with_only_cancellations_has_no_means() {
+        let report = report(vec![], vec![flight("OO", JFK_LAX, (None, None))]);
+
+        let oo = &report.carriers[0];
+        assert_eq!((oo.totals.flights, oo.totals.cancelled), (1, 1));
+        assert_eq!(
+            (oo.mean_dep_delay_min, oo.mean_arr_delay_min, oo.on_time_pct),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn on_time_includes_exactly_fifteen_minutes() {
+        let flights = vec![
+            flight("UA", JFK_LAX, (Some(10), Some(15))),
+            flight("UA", JFK_LAX, (Some(20), Some(16))),
+            flight("UA", JFK_LAX, (Some(-5), Some(-20))),
+            flight("UA", JFK_LAX, (Some(0), None)),
+        ];
+
+        let ua = &report(flights, vec![]).carriers[0];
+
+        assert_eq!(ua.on_time_pct, Some(100.0 * 2.0 / 3.0));
+        assert_eq!(ua.mean_arr_delay_min, Some(11.0 / 3.0));
+        assert_eq!(ua.mean_dep_delay_min, Some(25.0 / 4.0));
+    }
+
+    #[test]
+    fn busiest_routes_count_cancelled_flights_and_break_ties_by_name() {
+        let on = |route| flight("UA", route, (Some(0), Some(0)));
+        let off = |route| flight("UA", route, (None, None));
+        let flights = vec![
+            on(("LGA", "ORD")),
+            on(("LGA", "ORD")),
+            on(("EWR", "SFO")),
+            on(("JFK", "BOS")),
+            on(("EWR", "ATL")),
+            on(("JFK", "MIA")),
+            on(("EWR", "DEN")),
+        ];
+        let cancelled = vec![off(("JFK", "BOS")), off(("JFK", "BOS"))];
+
+        let routes: Vec<String> = report(flights, cancelled)
+            .busiest_routes
+            .iter()
+            .map(|r| format!("{}-{} {}", r.origin, r.dest, r.flights))
+            .collect();
+
+        assert_eq!(
+            routes,
+            [
+                "JFK-BOS 3",
+                "LGA-ORD 2",
+                "EWR-ATL 1",
+                "EWR-DEN 1",
+                "EWR-SFO 1"
+            ]
+        );
+    }
+
+    fn obs(origin: &str, hour: &str, visib: f64, precip: f64, wind: Option<f64>) -> WeatherObs {
+        WeatherObs {
+            origin: origin.into(),
+            time_hour: format!("2013-02-08T{hour}:00:00Z").parse().unwrap(),
+            temp: None,
+            dewp: None,
+            humid: None,
+            wind_dir: None,
+            wind_speed: wind,
+            wind_gust: None,
+            precip: Some(precip),
+            pressure: None,
+            visib: Some(visib),
+        }
+    }
+
+    #[test]
+    fn worst_weather_hour_breaks_ties_by_precip_wind_time_then_origin() {
+        let worst = |hours: Vec<WeatherObs>| {
+            let weather = crate::weather::daily_weather(date(2013, 2, 8), vec![hours]);
+            worst_weather_hour(&weather).map(|o| format!("{} {}", o.origin, o.time_hour))
+        };
+
+        let by_visib = vec![
+            obs("EWR", "10", 0.5, 0.0, None),
+            obs("JFK", "11", 0.25, 0.0, None),
+        ];
+        assert_eq!(worst(by_visib).unwrap(), "JFK 2013-02-08T11:00:00Z");
+
+        let by_precip = vec![
+            obs("EWR", "10", 0.5, 0.1, None),
+            obs("JFK", "10", 0.5, 0.2, None),
+        ];
+        assert_eq!(worst(by_precip).unwrap(), "JFK 2013-02-08T10:00:00Z");
+
+        let by_wind = vec![
+            obs("EWR", "10", 0.5, 0.1, None),
+            obs("JFK", "10", 0.5, 0.1, Some(20.0)),
+            obs("LGA", "10", 0.5, 0.1, Some(15.0)),
+        ];
+        assert_eq!(worst(by_wind).unwrap(), "JFK 2013-02-08T10:00:00Z");
+
+        let by_time_then_origin = vec![
+            obs("LGA", "12", 0.5, 0.1, Some(9.0)),
+            obs("LGA", "11", 0.5, 0.1, Some(9.0)),
+            obs("JFK", "11", 0.5, 0.1, Some(9.0)),
+        ];
+        assert_eq!(
+            worst(by_time_then_origin).unwrap(),
+            "JFK 2013-02-08T11:00:00Z"
+        );
+
+        assert_eq!(worst(vec![]), None);
+    }
+
+    fn day_report(day: Date, carriers: &[(&str, u64, u64)]) -> DailyReport {
+        // Each carrier: (code, arrivals, on time); one flight per arrival, each
+        // delayed 0 or 30 minutes.
+        let flights = carriers
+            .iter()
+            .flat_map(|&(code, arrivals, on_time)| {
+                (0..arrivals).map(move |i| {
+                    let delay = if i < on_time { 0 } else { 30 };
+                    flight(code, JFK_LAX, (Some(delay), Some(delay)))
+                })
+            })
+            .collect();
+        DailyReport {
+            date: day,
+            ..report(flights, vec![])
+        }
+    }
+
+    #[test]
+    fn weekly_report_adds_sums_not_means() {
+        let monday = date(2013, 3, 4);
+        let daily = [
+            day_report(monday, &[("UA", 1, 1)]),
+            day_report(date(2013, 3, 6), &[("UA", 3, 0), ("AA", 2, 2)]),
+        ];
+
+        let week = weekly_report(monday, &daily).unwrap();
+
+        assert_eq!(week.days, [monday, date(2013, 3, 6)]);
+        let ua = &week.carriers[1];
+        assert_eq!(ua.carrier, "UA");
+        assert_eq!(ua.totals.flights, 4);
+        // The mean of the daily means would be (0 + 30) / 2 = 15.
+        assert_eq!(ua.mean_arr_delay_min, Some(90.0 / 4.0));
+        assert_eq!(ua.on_time_pct, Some(25.0));
+    }
+
+    #[test]
+    fn weekly_report_refuses_reports_that_do_not_fit() {
+        let monday = date(2013, 3, 4);
+        let report = day_report(monday, &[("UA", 1, 1)]);
+
+        let not_monday = weekly_report(date(2013, 3, 5), &[]).unwrap_err();
+        let outside = weekly_report(monday, &[day_report(date(2013, 3, 11), &[])]).unwrap_err();
+        let twice = weekly_report(monday, &[report.clone(), report]).unwrap_err();
+
+        assert_eq!(
+            not_monday.to_string(),
+            "week start 2013-03-05 is a Tuesday, not a Monday"
+        );
+        assert!(matches!(outside, ReportError::OutsideWeek { .. }));
+        assert_eq!(twice, ReportError::DuplicateDay { date: monday });
+    }
+
+    #[test]
+    fn ranking_compares_shares_exactly_then_flights_then_code() {
+        // AA and DL both 2/3 on time; DL has more flights. OO equals AA exactly
+        // on every count, so the code decides. HA has no arrivals at all.
+        let mut daily = vec![day_report(
+            date(2013, 3, 4),
+            &[("AA", 3, 2), ("DL", 6, 4), ("OO", 3, 2), ("UA", 4, 3)],
+        )];
+        let mut no_arrivals = report(vec![flight("HA", JFK_LAX, (Some(5), None))], vec![]);
+        no_arrivals.date = date(2013, 3, 5);
+        daily.push(no_arrivals);
+
+        let ranking = carrier_ranking(&daily).unwrap();
+
+        let order: Vec<(u32, &str)> = ranking
+            .carriers
+            .iter()
+            .map(|r| (r.rank, r.stats.carrier.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [(1, "UA"), (2, "DL"), (3, "AA"), (4, "OO"), (5, "HA")]
+        );
+        assert_eq!(
+            (ranking.first_day, ranking.last_day),
+            (Some(date(2013, 3, 4)), Some(date(2013, 3, 5)))
+        );
+        assert_eq!(ranking.days, 2);
+    }
+
+    #[test]
+    fn ranking_does_not_depend_on_report_order() {
+        let a = day_report(date(2013, 3, 4), &[("AA", 3, 2), ("UA", 5, 4)]);
+        let b = day_report(date(2013, 3, 5), &[("AA", 2, 2), ("DL", 4, 1)]);
+
+        let forward = carrier_ranking(&[a.clone(), b.clone()]).unwrap();
+        let backward = carrier_ranking(&[b, a]).unwrap();
+
+        assert_eq!(forward, backward);
+    }
+}

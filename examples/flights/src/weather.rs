@@ -141,3 +141,82 @@ pub fn daily_weather(date: Date, hours: Vec<Vec<WeatherObs>>) -> DailyWeather {
         origins,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use jiff::civil::date;
+
+    fn obs(origin: &str, time_hour: &str, temp: Option<f64>, visib: Option<f64>) -> WeatherObs {
+        WeatherObs {
+            origin: origin.into(),
+            time_hour: time_hour.parse().unwrap(),
+            temp,
+            dewp: None,
+            humid: None,
+            wind_dir: None,
+            wind_speed: None,
+            wind_gust: None,
+            precip: Some(0.25),
+            pressure: None,
+            visib,
+        }
+    }
+
+    #[test]
+    fn summary_skips_missing_values_per_measure() {
+        let hours = vec![
+            vec![
+                obs("LGA", "2013-01-01T05:00:00Z", Some(40.0), Some(10.0)),
+                obs("EWR", "2013-01-01T05:00:00Z", Some(30.0), None),
+            ],
+            vec![],
+            vec![obs("EWR", "2013-01-01T07:00:00Z", None, Some(2.5))],
+        ];
+
+        let day = daily_weather(date(2013, 1, 1), hours);
+
+        assert_eq!(day.hours, 3);
+        let order: Vec<&str> = day.observations.iter().map(|o| o.origin.as_str()).collect();
+        assert_eq!(order, ["EWR", "LGA", "EWR"]);
+        let ewr = &day.origins[0];
+        assert_eq!(ewr.origin, "EWR");
+        assert_eq!(ewr.observations, 2);
+        assert_eq!(ewr.mean_temp_f, Some(30.0));
+        assert_eq!(ewr.total_precip_in, Some(0.5));
+        assert_eq!(ewr.min_visib_mi, Some(2.5));
+        assert_eq!(day.origins[1].origin, "LGA");
+    }
+
+    #[test]
+    fn observation_lookup_uses_the_utc_hour() {
+        let hours = vec![
+            vec![obs("EWR", "2013-11-03T05:00:00Z", Some(52.0), None)],
+            vec![obs("EWR", "2013-11-03T06:00:00Z", Some(50.0), None)],
+        ];
+        let day = daily_weather(date(2013, 11, 3), hours);
+
+        let at = |hour: &str| {
+            day.observation("EWR", hour.parse().unwrap())
+                .and_then(|o| o.temp)
+        };
+
+        assert_eq!(at("2013-11-03T05:00:00Z"), Some(52.0));
+        assert_eq!(at("2013-11-03T06:00:00Z"), Some(50.0));
+        assert_eq!(at("2013-11-03T07:00:00Z"), None);
+        assert_eq!(
+            day.observation("JFK", "2013-11-03T05:00:00Z".parse().unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn clock_change_days_have_23_and_25_windows() {
+        let count = |d| hour_windows(d).unwrap().len();
+
+        assert_eq!(count(date(2013, 3, 10)), 23);
+        assert_eq!(count(date(2013, 11, 3)), 25);
+        assert_eq!(count(date(2013, 1, 1)), 24);
+    }
+}

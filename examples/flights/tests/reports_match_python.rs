@@ -177,3 +177,42 @@ fn carrier_ranking_of_the_year_matches_python() {
     let ranks: Vec<u32> = ranking.carriers.iter().map(|r| r.rank).collect();
     assert_eq!(ranks, (1..=ranks.len() as u32).collect::<Vec<_>>());
 }
+
+/// Asset values are stored as JSON between steps; reading one back must give the
+/// same value, floats included.
+#[test]
+fn asset_values_survive_a_json_round_trip() {
+    let data = data();
+    let date = jiff::civil::date(2013, 11, 3);
+    let hours: Vec<Vec<flights::WeatherObs>> = hour_windows(date)
+        .unwrap()
+        .into_iter()
+        .map(|window| data.weather.hour(window.start, window.end).unwrap())
+        .collect();
+    let raw = data.flights.day(date).unwrap();
+    let weather = daily_weather(date, hours.clone());
+    let cleaned = clean_flights(raw.clone(), &data.airlines, &weather);
+    let report = daily_report(date, &cleaned, &weather);
+
+    fn round_trip<T>(value: &T) -> usize
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let json = serde_json::to_string(value).unwrap();
+        let back: T = serde_json::from_str(&json).unwrap();
+        assert!(
+            &back == value,
+            "{} changed in a json round trip",
+            std::any::type_name::<T>()
+        );
+        json.len()
+    }
+    let sizes = [
+        ("raw_flights", round_trip(&raw)),
+        ("raw_weather", round_trip(&hours)),
+        ("daily_weather", round_trip(&weather)),
+        ("cleaned_flights", round_trip(&cleaned)),
+        ("daily_report", round_trip(&report)),
+    ];
+    eprintln!("json sizes for {date}: {sizes:?}");
+}
