@@ -20,6 +20,11 @@
 //! [`DataError`] that names the file, line and column; what the functions after
 //! the sources receive is never rejected, only recorded (dropped rows carry a
 //! reason) or reported as missing (`None` measures).
+//!
+//! `tests/reports_match_python.rs` checks the reports on the real data against
+//! `tests/fixtures/expected.json`, which `tests/fixtures/expected.py` (Python 3
+//! standard library only) computes from the raw CSV; rerun the script after
+//! changing the data or a definition.
 
 pub mod clean;
 pub mod error;
