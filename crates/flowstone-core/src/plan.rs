@@ -1,0 +1,342 @@
+//! The planner: a selection (assets, a partition range, optionally their
+//! upstream closure) becomes the steps of a run, each with its upstream steps,
+//! through the partition mappings.
+//!
+//! The planner never lists a partition set it does not need: ranges are index
+//! ranges of the partition definitions, and only the partitions selected (and
+//! their upstream, when asked) become steps. Every upstream partition that a
+//! step reads but that is not in the plan must already be materialized; the
+//! planner checks this before anything is queued.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use flowstone_partitions::{PartitionsDef, TimeWindow, UpstreamPartitions};
+use jiff::Timestamp;
+
+use crate::asset::AssetDef;
+use crate::definitions::Definitions;
+use crate::ids::{AssetKey, AssetPartition, PartitionKey};
+use crate::store::{NewStep, Store, StoreError};
+
+/// Which partitions of the selected assets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionSelection {
+    /// No partition named: valid only for unpartitioned assets.
+    Unspecified,
+    /// These keys.
+    Keys(Vec<String>),
+    /// From one key to another, both included. Time-partitioned assets of
+    /// another cadence take the windows overlapping that time range.
+    Range { from: String, to: String },
+    /// Every partition.
+    All,
+}
+
+/// What to plan.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// The assets; empty means every asset.
+    pub assets: Vec<AssetKey>,
+    pub partitions: PartitionSelection,
+    /// Also every upstream asset partition they read, transitively.
+    pub with_upstream: bool,
+    /// Leave out asset partitions that are already materialized and whose
+    /// latest step did not fail (what a backfill does unless `--force`).
+    pub skip_materialized: bool,
+}
+
+/// A user's selection that cannot be planned, or a store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    UnknownAsset(String),
+    #[error("asset {asset}: {message}")]
+    BadPartition { asset: AssetKey, message: String },
+    #[error(
+        "asset {asset} is partitioned ({describe}); name a partition with --partition, \
+         e.g. --partition {example}"
+    )]
+    NeedsPartition { asset: AssetKey, describe: String, example: String },
+    #[error("asset {asset} is not partitioned; drop the partition selection for it")]
+    NotPartitioned { asset: AssetKey },
+    #[error(
+        "{count} upstream asset partition(s) are not materialized, e.g. {examples}; add \
+         --with-upstream or materialize them first"
+    )]
+    MissingUpstream { count: usize, examples: String },
+    #[error("asset {asset}: {message}")]
+    Mapping { asset: AssetKey, message: String },
+    #[error("no assets are defined")]
+    NothingDefined,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PlanError {
+    /// A mistake in what the user asked, as opposed to a store failure.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, PlanError::Store(_))
+    }
+}
+
+/// The steps of a run, ready for [`Store::create_run`].
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub steps: Vec<NewStep>,
+    /// Asset partitions left out because they were already materialized.
+    pub already_materialized: u64,
+    /// A one-line description of the selection.
+    pub description: String,
+}
+
+/// Plans `selection` against `defs` and the record in `store`.
+///
+/// # Errors
+///
+/// A [`PlanError`] that says what was wrong with the selection.
+pub async fn plan(
+    defs: &Definitions,
+    store: &dyn Store,
+    selection: &Selection,
+    now: Timestamp,
+) -> Result<Plan, PlanError> {
+    if defs.is_empty() {
+        return Err(PlanError::NothingDefined);
+    }
+
+    // The selected assets, upstream first.
+    let selected: Vec<&AssetDef> = if selection.assets.is_empty() {
+        defs.assets().map(|a| a.as_ref()).collect()
+    } else {
+        let mut chosen = Vec::new();
+        for key in &selection.assets {
+            let def = defs.lookup(key.as_str()).map_err(PlanError::UnknownAsset)?;
+            if !chosen.iter().any(|c: &&AssetDef| c.key == def.key) {
+                chosen.push(def.as_ref());
+            }
+        }
+        chosen.sort_by_key(|def| defs.rank(&def.key));
+        chosen
+    };
+
+    // The selected asset partitions.
+    let range_window = range_as_time(&selected, &selection.partitions, now);
+    let mut targets: Vec<AssetPartition> = Vec::new();
+    for def in &selected {
+        targets.extend(select_partitions(def, &selection.partitions, range_window, now)?);
+    }
+
+    // Their upstream closure, when asked.
+    let mut in_plan: HashSet<AssetPartition> = targets.iter().cloned().collect();
+    if selection.with_upstream {
+        let mut queue: Vec<AssetPartition> = targets.clone();
+        while let Some(target) = queue.pop() {
+            let def = defs.asset(&target.asset).expect("planned assets are defined");
+            for up in upstream_targets(defs, def, target.partition.as_ref(), now)? {
+                if in_plan.insert(up.clone()) {
+                    queue.push(up.clone());
+                    targets.push(up);
+                }
+            }
+        }
+    }
+
+    // Leave out what is already materialized.
+    let mut already_materialized = 0;
+    if selection.skip_materialized {
+        let assets: BTreeSet<&AssetKey> = targets.iter().map(|t| &t.asset).collect();
+        let mut done: HashSet<AssetPartition> = HashSet::new();
+        for asset in assets {
+            for record in store.partitions(asset).await? {
+                if record.latest.is_some() && record.failure.is_none() {
+                    done.insert(AssetPartition::new(asset.clone(), record.partition));
+                }
+            }
+        }
+        let before = targets.len();
+        targets.retain(|t| !done.contains(t));
+        already_materialized = (before - targets.len()) as u64;
+        in_plan = targets.iter().cloned().collect();
+    }
+
+    // Upstream first, then partition order, so step ids follow the natural order.
+    let sort_index = |t: &AssetPartition| {
+        let def = defs.asset(&t.asset).expect("planned assets are defined");
+        let index = match (&def.partitions, &t.partition) {
+            (Some(p), Some(k)) => p.index_of(k.as_str(), now).unwrap_or(u64::MAX),
+            _ => 0,
+        };
+        (defs.rank(&t.asset), index)
+    };
+    let mut keyed: Vec<_> = targets.into_iter().map(|t| (sort_index(&t), t)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let targets: Vec<AssetPartition> = keyed.into_iter().map(|(_, t)| t).collect();
+
+    // Link each step to its upstream steps; collect what must exist already.
+    let position: HashMap<&AssetPartition, usize> =
+        targets.iter().enumerate().map(|(i, t)| (t, i)).collect();
+    let mut steps = Vec::with_capacity(targets.len());
+    let mut external: BTreeSet<AssetPartition> = BTreeSet::new();
+    for target in &targets {
+        let def = defs.asset(&target.asset).expect("planned assets are defined");
+        let mut upstream = Vec::new();
+        for up in upstream_targets(defs, def, target.partition.as_ref(), now)? {
+            match position.get(&up) {
+                Some(&i) => upstream.push(i),
+                None => {
+                    external.insert(up);
+                }
+            }
+        }
+        upstream.sort_unstable();
+        upstream.dedup();
+        steps.push(NewStep {
+            target: target.clone(),
+            upstream,
+            max_attempts: def.retry.max_attempts,
+            priority: 0,
+        });
+    }
+    let _ = in_plan;
+
+    // Upstream partitions outside the plan must have a materialization.
+    if !external.is_empty() {
+        let wanted: Vec<AssetPartition> = external.iter().cloned().collect();
+        let mut have = HashSet::new();
+        for chunk in wanted.chunks(500) {
+            for record in store.latest_materializations(chunk).await? {
+                have.insert(record.target);
+            }
+        }
+        let missing: Vec<&AssetPartition> = wanted.iter().filter(|t| !have.contains(*t)).collect();
+        if !missing.is_empty() {
+            let examples: Vec<String> = missing.iter().take(5).map(|t| t.to_string()).collect();
+            return Err(PlanError::MissingUpstream {
+                count: missing.len(),
+                examples: examples.join(", "),
+            });
+        }
+    }
+
+    Ok(Plan {
+        steps,
+        already_materialized,
+        description: describe(&selected, selection),
+    })
+}
+
+/// The time span of a `Range` selection, taken from the first selected
+/// time-partitioned asset whose keys the range is written in.
+fn range_as_time(
+    selected: &[&AssetDef],
+    partitions: &PartitionSelection,
+    now: Timestamp,
+) -> Option<TimeWindow> {
+    let PartitionSelection::Range { from, to } = partitions else {
+        return None;
+    };
+    selected.iter().find_map(|def| {
+        let p = def.partitions.as_ref()?;
+        let from = p.parse_key(from, now).ok()?;
+        let to = p.parse_key(to, now).ok()?;
+        let start = p.time_window(&from)?.start;
+        let end = p.time_window(&to)?.end;
+        (start < end).then_some(TimeWindow { start, end })
+    })
+}
+
+fn select_partitions(
+    def: &AssetDef,
+    selection: &PartitionSelection,
+    range_window: Option<TimeWindow>,
+    now: Timestamp,
+) -> Result<Vec<AssetPartition>, PlanError> {
+    let target = |key: Option<PartitionKey>| AssetPartition::new(def.key.clone(), key);
+    let bad = |message: String| PlanError::BadPartition { asset: def.key.clone(), message };
+    let Some(partitions) = &def.partitions else {
+        return match selection {
+            PartitionSelection::Keys(_) => Err(PlanError::NotPartitioned { asset: def.key.clone() }),
+            _ => Ok(vec![target(None)]),
+        };
+    };
+    match selection {
+        PartitionSelection::Unspecified => Err(PlanError::NeedsPartition {
+            asset: def.key.clone(),
+            describe: partitions.describe(),
+            example: partitions.example_key(now),
+        }),
+        PartitionSelection::Keys(keys) => keys
+            .iter()
+            .map(|k| partitions.parse_key(k, now).map(|k| target(Some(k))))
+            .collect::<Result<_, _>>()
+            .map_err(|err| bad(err.to_string())),
+        PartitionSelection::All => {
+            let range = 0..partitions.len(now);
+            Ok(partitions.keys(range, now).map(|k| target(Some(k))).collect())
+        }
+        PartitionSelection::Range { from, to } => {
+            let range = match partitions.range(from, to, now) {
+                Ok(range) => range,
+                Err(err) => match (partitions, range_window) {
+                    (PartitionsDef::Time(time), Some(window)) => {
+                        time.indices_overlapping(window, now)
+                    }
+                    _ => return Err(bad(err.to_string())),
+                },
+            };
+            Ok(partitions.keys(range, now).map(|k| target(Some(k))).collect())
+        }
+    }
+}
+
+/// The upstream asset partitions that `def`'s partition `key` reads.
+pub fn upstream_targets(
+    defs: &Definitions,
+    def: &AssetDef,
+    key: Option<&PartitionKey>,
+    now: Timestamp,
+) -> Result<Vec<AssetPartition>, PlanError> {
+    let mut out = Vec::new();
+    for dep in &def.deps {
+        let up = defs.asset(&dep.key).expect("dependencies are validated");
+        let mapping = defs.mapping(def, &dep.key).expect("dependencies are validated");
+        let upstream = mapping
+            .upstream(def.partitions.as_ref(), key, up.partitions.as_ref(), now)
+            .map_err(|err| PlanError::Mapping { asset: def.key.clone(), message: err.to_string() })?;
+        match upstream {
+            UpstreamPartitions::Unpartitioned => {
+                out.push(AssetPartition::new(up.key.clone(), None));
+            }
+            UpstreamPartitions::Keys(keys) => {
+                out.extend(keys.into_iter().map(|k| AssetPartition::new(up.key.clone(), Some(k))));
+            }
+            UpstreamPartitions::Range(range) => {
+                let partitions = up.partitions.as_ref().expect("a range implies partitions");
+                out.extend(
+                    partitions
+                        .keys(range, now)
+                        .map(|k| AssetPartition::new(up.key.clone(), Some(k))),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn describe(selected: &[&AssetDef], selection: &Selection) -> String {
+    let names: Vec<&str> = selected.iter().map(|d| d.key.as_str()).collect();
+    let names = if names.len() > 4 {
+        format!("{} and {} more", names[..3].join(", "), names.len() - 3)
+    } else {
+        names.join(", ")
+    };
+    let partitions = match &selection.partitions {
+        PartitionSelection::Unspecified => String::new(),
+        PartitionSelection::Keys(keys) if keys.len() == 1 => format!(" [{}]", keys[0]),
+        PartitionSelection::Keys(keys) => format!(" [{} partitions]", keys.len()),
+        PartitionSelection::Range { from, to } => format!(" [{from}..{to}]"),
+        PartitionSelection::All => " [all partitions]".to_owned(),
+    };
+    let upstream = if selection.with_upstream { " with upstream" } else { "" };
+    format!("{names}{partitions}{upstream}")
+}

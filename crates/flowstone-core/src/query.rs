@@ -1,0 +1,351 @@
+//! Questions asked of the record: lineage (which materializations went into
+//! this one, which came out of it), impact (which asset partitions go stale if
+//! this one changes) and status (per partition: materialized, stale, failed or
+//! missing).
+//!
+//! Lineage reads recorded edges; impact reads the definitions (it answers for
+//! partitions that were never materialized too); staleness compares versions,
+//! never timestamps: a partition is stale when its code version changed since it
+//! was materialized, or when the latest materialization of an input it reads is
+//! not the one it consumed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use flowstone_partitions::UpstreamPartitions;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::definitions::Definitions;
+use crate::engine::{Engine, EngineError};
+use crate::ids::{AssetKey, AssetPartition, MaterializationId, PartitionKey};
+use crate::plan::{PlanError, upstream_targets};
+use crate::store::{LineageEdge, MaterializationRecord};
+
+/// Which way to walk the lineage graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The materializations consumed, transitively.
+    Upstream,
+    /// The materializations that consumed it, transitively.
+    Downstream,
+}
+
+/// A lineage graph around one materialization.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lineage {
+    pub direction: Direction,
+    pub root: MaterializationRecord,
+    /// Every other materialization reached, with its distance from the root.
+    pub nodes: Vec<(u32, MaterializationRecord)>,
+    pub edges: Vec<LineageEdge>,
+}
+
+/// The partitions of one asset that a change would make stale.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ImpactEntry {
+    pub asset: AssetKey,
+    /// Empty for an unpartitioned asset.
+    pub partitions: Vec<PartitionKey>,
+    /// How many steps away from the changed asset.
+    pub distance: u32,
+}
+
+/// The state of one asset partition.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum PartitionState {
+    Materialized,
+    Stale(String),
+    Failed(String),
+    Missing,
+}
+
+impl PartitionState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PartitionState::Materialized => "materialized",
+            PartitionState::Stale(_) => "stale",
+            PartitionState::Failed(_) => "failed",
+            PartitionState::Missing => "missing",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionStatus {
+    pub partition: Option<PartitionKey>,
+    #[serde(flatten)]
+    pub state: PartitionState,
+    pub latest: Option<MaterializationId>,
+    pub materialized_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub total: u64,
+    pub materialized: u64,
+    pub stale: u64,
+    pub failed: u64,
+    pub missing: u64,
+}
+
+/// Every partition of an asset that has a record, and counts over all of them
+/// (missing partitions are counted, not listed).
+#[derive(Clone, Debug, Serialize)]
+pub struct AssetStatus {
+    pub asset: AssetKey,
+    pub partitions_def: Option<String>,
+    pub code_version: String,
+    pub counts: StatusCounts,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+impl Engine {
+    /// The materialization of `asset` (and `partition`) that lineage starts
+    /// from: its latest.
+    async fn lineage_root(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+    ) -> Result<MaterializationRecord, EngineError> {
+        let target = self.target(asset, partition)?;
+        let latest = self.store().latest_materializations(std::slice::from_ref(&target)).await?;
+        latest.into_iter().next().ok_or_else(|| {
+            EngineError::Invalid(format!("{target} has never been materialized"))
+        })
+    }
+
+    /// Checks an asset key and partition key typed by a user.
+    ///
+    /// # Errors
+    ///
+    /// An unknown asset, a bad partition key, a missing partition key for a
+    /// partitioned asset or one given for an unpartitioned asset.
+    pub fn target(&self, asset: &str, partition: Option<&str>) -> Result<AssetPartition, EngineError> {
+        let def = self.definitions().lookup(asset).map_err(EngineError::Invalid)?;
+        let now = Timestamp::now();
+        let partition = match (&def.partitions, partition) {
+            (Some(p), Some(key)) => Some(p.parse_key(key, now).map_err(|err| {
+                EngineError::Plan(PlanError::BadPartition {
+                    asset: def.key.clone(),
+                    message: err.to_string(),
+                })
+            })?),
+            (Some(p), None) => {
+                return Err(EngineError::Plan(PlanError::NeedsPartition {
+                    asset: def.key.clone(),
+                    describe: p.describe(),
+                    example: p.example_key(now),
+                }));
+            }
+            (None, Some(_)) => {
+                return Err(EngineError::Plan(PlanError::NotPartitioned { asset: def.key.clone() }));
+            }
+            (None, None) => None,
+        };
+        Ok(AssetPartition::new(def.key.clone(), partition))
+    }
+
+    /// The materializations that went into (upstream) or came out of
+    /// (downstream) the latest materialization of an asset partition,
+    /// transitively.
+    pub async fn lineage(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+        direction: Direction,
+    ) -> Result<Lineage, EngineError> {
+        let root = self.lineage_root(asset, partition).await?;
+        let mut seen: HashSet<MaterializationId> = HashSet::from([root.id]);
+        let mut frontier = vec![root.id];
+        let mut nodes = Vec::new();
+        let mut edges = Vec::new();
+        let mut depth = 0;
+        while !frontier.is_empty() {
+            depth += 1;
+            let mut next = Vec::new();
+            for chunk in frontier.chunks(500) {
+                let found = match direction {
+                    Direction::Upstream => self.store().inputs_of(chunk).await?,
+                    Direction::Downstream => self.store().consumers_of(chunk).await?,
+                };
+                for (edge, record) in found {
+                    edges.push(edge);
+                    if seen.insert(record.id) {
+                        next.push(record.id);
+                        nodes.push((depth, record));
+                    }
+                }
+            }
+            frontier = next;
+        }
+        nodes.sort_by(|a, b| (a.0, &a.1.target).cmp(&(b.0, &b.1.target)));
+        Ok(Lineage { direction, root, nodes, edges })
+    }
+
+    /// Every downstream asset partition that would be stale if this asset
+    /// partition changed, through the partition mappings.
+    pub fn impact(&self, asset: &str, partition: Option<&str>) -> Result<Vec<ImpactEntry>, EngineError> {
+        let target = self.target(asset, partition)?;
+        impact(self.definitions(), &target, Timestamp::now())
+    }
+
+    /// Per-partition state of `asset`, with counts.
+    pub async fn status(&self, asset: &str) -> Result<AssetStatus, EngineError> {
+        let def = self.definitions().lookup(asset).map_err(EngineError::Invalid)?.clone();
+        let defs = self.definitions();
+        let store = self.store();
+        let now = Timestamp::now();
+        let records = store.partitions(&def.key).await?;
+
+        // What each latest materialization consumed.
+        let latest_ids: Vec<MaterializationId> =
+            records.iter().filter_map(|r| r.latest.as_ref().map(|m| m.id)).collect();
+        let mut consumed: HashMap<MaterializationId, HashSet<MaterializationId>> = HashMap::new();
+        for chunk in latest_ids.chunks(500) {
+            for (edge, _) in store.inputs_of(chunk).await? {
+                consumed.entry(edge.consumer).or_default().insert(edge.input);
+            }
+        }
+
+        // What each partition reads now, and the latest of each of those.
+        let mut expected: HashMap<Option<PartitionKey>, Vec<AssetPartition>> = HashMap::new();
+        let mut all_inputs: BTreeSet<AssetPartition> = BTreeSet::new();
+        for record in records.iter().filter(|r| r.latest.is_some()) {
+            let inputs = upstream_targets(defs, &def, record.partition.as_ref(), now)?;
+            all_inputs.extend(inputs.iter().cloned());
+            expected.insert(record.partition.clone(), inputs);
+        }
+        let all_inputs: Vec<AssetPartition> = all_inputs.into_iter().collect();
+        let mut current: HashMap<AssetPartition, MaterializationId> = HashMap::new();
+        for chunk in all_inputs.chunks(500) {
+            for m in store.latest_materializations(chunk).await? {
+                current.insert(m.target, m.id);
+            }
+        }
+
+        let mut counts = StatusCounts {
+            total: def.partitions.as_ref().map_or(1, |p| p.len(now)),
+            ..StatusCounts::default()
+        };
+        let mut partitions = Vec::with_capacity(records.len());
+        for record in records {
+            let state = match (&record.latest, &record.failure) {
+                (_, Some(failure)) => PartitionState::Failed(failure.error.clone()),
+                (None, None) => PartitionState::Missing,
+                (Some(latest), None) => {
+                    let inputs = expected.get(&record.partition).map(Vec::as_slice).unwrap_or(&[]);
+                    let consumed = consumed.get(&latest.id);
+                    staleness(&def.code_version, latest, inputs, consumed, &current)
+                }
+            };
+            match &state {
+                PartitionState::Materialized => counts.materialized += 1,
+                PartitionState::Stale(_) => counts.stale += 1,
+                PartitionState::Failed(_) => counts.failed += 1,
+                PartitionState::Missing => {}
+            }
+            partitions.push(PartitionStatus {
+                partition: record.partition,
+                state,
+                latest: record.latest.as_ref().map(|m| m.id),
+                materialized_at: record.latest.as_ref().map(|m| m.finished_at),
+            });
+        }
+        counts.missing = counts.total.saturating_sub(counts.materialized + counts.stale + counts.failed);
+        if let Some(p) = &def.partitions {
+            partitions.sort_by_key(|s| {
+                s.partition.as_ref().and_then(|k| p.index_of(k.as_str(), now).ok())
+            });
+        }
+        Ok(AssetStatus {
+            asset: def.key.clone(),
+            partitions_def: def.partitions.as_ref().map(|p| p.describe()),
+            code_version: def.code_version.clone(),
+            counts,
+            partitions,
+        })
+    }
+}
+
+fn staleness(
+    code_version: &str,
+    latest: &MaterializationRecord,
+    inputs: &[AssetPartition],
+    consumed: Option<&HashSet<MaterializationId>>,
+    current: &HashMap<AssetPartition, MaterializationId>,
+) -> PartitionState {
+    if latest.code_version != code_version {
+        return PartitionState::Stale(format!(
+            "code version changed from {} to {code_version}",
+            latest.code_version
+        ));
+    }
+    for input in inputs {
+        let Some(now_id) = current.get(input) else { continue };
+        if !consumed.is_some_and(|c| c.contains(now_id)) {
+            return PartitionState::Stale(format!(
+                "input {input} has a newer materialization (#{now_id}) than the one consumed"
+            ));
+        }
+    }
+    PartitionState::Materialized
+}
+
+/// Every downstream asset partition that reads `target`, transitively, through
+/// the mappings.
+pub fn impact(
+    defs: &Definitions,
+    target: &AssetPartition,
+    now: Timestamp,
+) -> Result<Vec<ImpactEntry>, EngineError> {
+    // Affected partitions per asset: `None` for an unpartitioned asset.
+    let mut affected: BTreeMap<AssetKey, (u32, BTreeSet<Option<PartitionKey>>)> = BTreeMap::new();
+    let mut queue: Vec<(AssetKey, Option<PartitionKey>, u32)> =
+        vec![(target.asset.clone(), target.partition.clone(), 0)];
+    let mut visited: HashSet<(AssetKey, Option<PartitionKey>)> = HashSet::new();
+    while let Some((asset, key, distance)) = queue.pop() {
+        if !visited.insert((asset.clone(), key.clone())) {
+            continue;
+        }
+        let up = defs.asset(&asset).expect("impact walks defined assets");
+        for down in defs.downstream_of(&asset) {
+            let mapping = defs.mapping(down, &asset).expect("dependencies are validated");
+            let reached = mapping
+                .downstream(down.partitions.as_ref(), up.partitions.as_ref(), key.as_ref(), now)
+                .map_err(|err| {
+                    EngineError::Invalid(format!("asset {}: {err}", down.key))
+                })?;
+            let keys: Vec<Option<PartitionKey>> = match reached {
+                UpstreamPartitions::Unpartitioned => vec![None],
+                UpstreamPartitions::Keys(keys) => keys.into_iter().map(Some).collect(),
+                UpstreamPartitions::Range(range) => {
+                    let p = down.partitions.as_ref().expect("a range implies partitions");
+                    p.keys(range, now).map(Some).collect()
+                }
+            };
+            let entry = affected.entry(down.key.clone()).or_insert((distance + 1, BTreeSet::new()));
+            entry.0 = entry.0.min(distance + 1);
+            for key in keys {
+                if entry.1.insert(key.clone()) {
+                    queue.push((down.key.clone(), key, distance + 1));
+                }
+            }
+        }
+    }
+
+    let mut out: Vec<ImpactEntry> = affected
+        .into_iter()
+        .map(|(asset, (distance, keys))| {
+            let def = defs.asset(&asset).expect("impact walks defined assets");
+            let mut partitions: Vec<PartitionKey> = keys.into_iter().flatten().collect();
+            if let Some(p) = &def.partitions {
+                partitions.sort_by_key(|k| p.index_of(k.as_str(), now).ok());
+            }
+            ImpactEntry { asset, partitions, distance }
+        })
+        .collect();
+    out.sort_by_key(|e| (defs.rank(&e.asset), e.distance));
+    Ok(out)
+}

@@ -1,0 +1,589 @@
+//! The store contract: runs, steps (the queue), events, materializations and
+//! lineage edges, behind one trait that the SQLite and PostgreSQL backends
+//! implement.
+//!
+//! # Guarantees every backend gives
+//!
+//! - Every state change of a step is one statement that checks the prior state
+//!   (and, for a running step, the attempt and the worker that claimed it), so a
+//!   worker that lost its claim can never overwrite a newer state.
+//! - [`Store::complete`] records, for each step in the batch, the materialization,
+//!   its lineage edges, its events and the release of downstream steps in the same
+//!   transaction as the step's move to `completed`. A failure anywhere rolls back
+//!   the whole batch: nothing is half-written.
+//! - A step is `available` only once all of its upstream steps in the run have
+//!   completed; a failed step moves its pending downstream steps, transitively, to
+//!   `skipped` with the cause.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{
+    AssetKey, AssetPartition, EventId, MaterializationId, PartitionKey, RunId, StepId, WorkerId,
+};
+
+/// What went wrong inside a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached, or a statement failed.
+    #[error("store error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A row that must exist does not, e.g. `runs resume` of an unknown run.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store URL or location is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// A row holds a value this version cannot read.
+    #[error("corrupt store row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Box::new(err))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who or what asked for a run.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Cli,
+    Api,
+    Schedule,
+    Backfill,
+}
+
+/// The state of a step in the queue.
+///
+/// ```text
+/// pending -> available -> running -> completed
+///                            |  \--> retryable -> running ...
+///                            \----> failed       (downstream pending -> skipped)
+/// ```
+/// `cancelled` ends a step that never ran because its run was cancelled.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Pending,
+    Available,
+    Running,
+    Retryable,
+    Completed,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+/// The state of a run.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Steps are queued or running.
+    Running,
+    /// Every step completed.
+    Succeeded,
+    /// Every step ended and at least one failed or was skipped.
+    Failed,
+    /// Stopped on request; `runs resume` continues it.
+    Interrupted,
+    /// Cancelled; its steps that had not run are `cancelled`.
+    Cancelled,
+}
+
+macro_rules! str_enum {
+    ($ty:ident { $($variant:ident => $s:literal),* $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $s),* }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = StoreError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok($ty::$variant),)*
+                    other => Err(StoreError::Corrupt(format!(
+                        concat!("unknown ", stringify!($ty), " {:?}"), other
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+str_enum!(Trigger { Cli => "cli", Api => "api", Schedule => "schedule", Backfill => "backfill" });
+str_enum!(StepState {
+    Pending => "pending",
+    Available => "available",
+    Running => "running",
+    Retryable => "retryable",
+    Completed => "completed",
+    Failed => "failed",
+    Skipped => "skipped",
+    Cancelled => "cancelled",
+});
+str_enum!(RunState {
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Interrupted => "interrupted",
+    Cancelled => "cancelled",
+});
+
+impl StepState {
+    /// A state a step never leaves by itself.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepState::Completed | StepState::Failed | StepState::Skipped | StepState::Cancelled
+        )
+    }
+}
+
+impl RunState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+    }
+}
+
+/// A run to insert, with its steps.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub id: RunId,
+    pub trigger: Trigger,
+    pub user: String,
+    /// A short description of what was asked, e.g. `backfill raw_flights 2013-01-01..2013-01-31`.
+    pub description: String,
+    pub created_at: Timestamp,
+    pub steps: Vec<NewStep>,
+}
+
+/// One step of a [`NewRun`]; `upstream` holds indexes into the run's step list.
+#[derive(Clone, Debug)]
+pub struct NewStep {
+    pub target: AssetPartition,
+    pub upstream: Vec<usize>,
+    pub max_attempts: u32,
+    pub priority: i32,
+}
+
+/// A step a worker has claimed; it is `running` with `attempt` until the worker
+/// completes or fails it, or the claim is released.
+#[derive(Clone, Debug)]
+pub struct ClaimedStep {
+    pub id: StepId,
+    pub run_id: RunId,
+    pub target: AssetPartition,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub trigger: Trigger,
+    pub user: String,
+}
+
+/// What to claim.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub worker: WorkerId,
+    /// Claim only steps of this run; `None` claims from every run.
+    pub run: Option<RunId>,
+    pub limit: u32,
+    pub now: Timestamp,
+    /// The claim lasts until `now + lease`; a heartbeat extends it.
+    pub lease: jiff::SignedDuration,
+}
+
+/// A materialization to record.
+#[derive(Clone, Debug)]
+pub struct NewMaterialization {
+    pub target: AssetPartition,
+    pub run_id: RunId,
+    pub step_id: StepId,
+    pub attempt: u32,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub trigger: Trigger,
+    pub user: String,
+    pub code_version: String,
+    pub data_version: String,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Where the I/O manager put the value, e.g. a file path.
+    pub location: String,
+    /// The name of the I/O manager that stored it.
+    pub io_manager: String,
+}
+
+/// A step that succeeded: its materialization, the materializations it read, and
+/// the events it logged.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub step: StepId,
+    pub attempt: u32,
+    pub worker: WorkerId,
+    pub materialization: NewMaterialization,
+    pub inputs: Vec<MaterializationId>,
+    pub events: Vec<NewEvent>,
+}
+
+/// A step that failed; with `retry_at` it becomes `retryable` until then,
+/// without it `failed`, and its pending downstream steps `skipped`.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub step: StepId,
+    pub attempt: u32,
+    pub worker: WorkerId,
+    pub error: String,
+    pub retry_at: Option<Timestamp>,
+    pub finished_at: Timestamp,
+    pub events: Vec<NewEvent>,
+}
+
+/// What became of one item of a [`Store::complete`] or [`Store::fail`] batch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// Recorded; for a completion, the new materialization's id.
+    Recorded(Option<MaterializationId>),
+    /// The step was no longer running under this worker and attempt (rescued,
+    /// cancelled or completed by someone else); nothing was written for it.
+    Fenced,
+}
+
+/// What kind of thing an event records.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    RunStarted,
+    RunFinished,
+    RunInterrupted,
+    RunResumed,
+    StepStarted,
+    StepRetrying,
+    StepFailed,
+    StepSkipped,
+    StepReleased,
+    Materialized,
+    Log,
+}
+
+str_enum!(EventKind {
+    RunStarted => "run_started",
+    RunFinished => "run_finished",
+    RunInterrupted => "run_interrupted",
+    RunResumed => "run_resumed",
+    StepStarted => "step_started",
+    StepRetrying => "step_retrying",
+    StepFailed => "step_failed",
+    StepSkipped => "step_skipped",
+    StepReleased => "step_released",
+    Materialized => "materialized",
+    Log => "log",
+});
+
+/// Severity of a log event.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+str_enum!(Level { Debug => "debug", Info => "info", Warn => "warn", Error => "error" });
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NewEvent {
+    pub run_id: RunId,
+    pub step_id: Option<StepId>,
+    pub at: Timestamp,
+    pub kind: EventKind,
+    pub level: Level,
+    pub message: String,
+    pub data: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EventRecord {
+    pub id: EventId,
+    pub run_id: RunId,
+    pub step_id: Option<StepId>,
+    pub at: Timestamp,
+    pub kind: EventKind,
+    pub level: Level,
+    pub message: String,
+    pub data: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub state: RunState,
+    pub trigger: Trigger,
+    pub user: String,
+    pub description: String,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub steps: StepCounts,
+}
+
+/// Steps of a run by state.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StepCounts {
+    pub pending: u64,
+    pub available: u64,
+    pub running: u64,
+    pub retryable: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+}
+
+impl StepCounts {
+    pub fn add(&mut self, state: StepState, n: u64) {
+        let slot = match state {
+            StepState::Pending => &mut self.pending,
+            StepState::Available => &mut self.available,
+            StepState::Running => &mut self.running,
+            StepState::Retryable => &mut self.retryable,
+            StepState::Completed => &mut self.completed,
+            StepState::Failed => &mut self.failed,
+            StepState::Skipped => &mut self.skipped,
+            StepState::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pending
+            + self.available
+            + self.running
+            + self.retryable
+            + self.completed
+            + self.failed
+            + self.skipped
+            + self.cancelled
+    }
+
+    /// Steps that may still run.
+    pub fn live(&self) -> u64 {
+        self.pending + self.available + self.running + self.retryable
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepRecord {
+    pub id: StepId,
+    pub run_id: RunId,
+    pub target: AssetPartition,
+    pub state: StepState,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub worker: Option<WorkerId>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MaterializationRecord {
+    pub id: MaterializationId,
+    pub target: AssetPartition,
+    pub run_id: RunId,
+    pub step_id: StepId,
+    pub attempt: u32,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub trigger: Trigger,
+    pub user: String,
+    pub code_version: String,
+    pub data_version: String,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    pub location: String,
+    pub io_manager: String,
+}
+
+/// One lineage edge: `consumer` read `input`.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct LineageEdge {
+    pub consumer: MaterializationId,
+    pub input: MaterializationId,
+}
+
+/// The last word on one partition of an asset: its latest materialization and,
+/// if a step for it failed after that, the failure.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionRecord {
+    pub partition: Option<PartitionKey>,
+    pub latest: Option<MaterializationRecord>,
+    pub failure: Option<StepFailure>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepFailure {
+    pub step_id: StepId,
+    pub run_id: RunId,
+    pub at: Timestamp,
+    pub error: String,
+}
+
+/// A worker process as registered in the store.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerRecord {
+    pub id: WorkerId,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+}
+
+/// The durable record behind FlowStone.
+///
+/// Methods that change the queue take the caller's `now`: the embedded SQLite
+/// store has one clock; the PostgreSQL store uses the database clock for leases
+/// and schedules and may ignore it.
+///
+/// # Cancellation
+///
+/// Every method runs in one transaction, so dropping its future either leaves the
+/// change whole or not made at all; callers may retry any method.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A human-readable location, e.g. the SQLite file path.
+    fn describe(&self) -> String;
+
+    // -- runs and the queue ------------------------------------------------
+
+    /// Inserts the run and all its steps in one transaction. Steps without
+    /// upstream steps are `available`, the others `pending`.
+    async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord>;
+
+    /// Claims up to `limit` steps that are `available`, or `retryable` and due,
+    /// ordered by priority, schedule and id; they become `running` with the
+    /// attempt counted.
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedStep>>;
+
+    /// Records completions; see the module guarantees.
+    async fn complete(&self, batch: Vec<Completion>) -> StoreResult<Vec<Outcome>>;
+
+    /// Records failures; see the module guarantees.
+    async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>>;
+
+    /// Moves the `running` steps claimed by `workers` (of `run`, if given) back
+    /// to `available`, keeping their attempt; returns the steps released.
+    async fn release(
+        &self,
+        run: Option<RunId>,
+        workers: &[WorkerId],
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StepId>>;
+
+    /// Sets a run's state if it is currently one of `from`; returns whether it
+    /// changed. Moving to a terminal state sets `finished_at`.
+    async fn set_run_state(
+        &self,
+        run: RunId,
+        from: &[RunState],
+        to: RunState,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+
+    /// Cancels a run: its steps that are not running and not ended become
+    /// `cancelled`, and the run `cancelled`. Running steps finish.
+    async fn cancel_run(&self, run: RunId, now: Timestamp) -> StoreResult<bool>;
+
+    /// The earliest time a `retryable` step of `run` becomes due, if any.
+    async fn next_retry_at(&self, run: Option<RunId>) -> StoreResult<Option<Timestamp>>;
+
+    // -- workers ----------------------------------------------------------
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> StoreResult<()>;
+
+    /// Extends the lease of the worker's running steps and its heartbeat.
+    async fn heartbeat(
+        &self,
+        worker: &WorkerId,
+        now: Timestamp,
+        lease: jiff::SignedDuration,
+    ) -> StoreResult<()>;
+
+    async fn workers(&self) -> StoreResult<Vec<WorkerRecord>>;
+
+    async fn deregister_worker(&self, worker: &WorkerId) -> StoreResult<()>;
+
+    // -- reading runs -----------------------------------------------------
+
+    async fn run(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
+
+    /// Runs newest first.
+    async fn runs(&self, limit: u32) -> StoreResult<Vec<RunRecord>>;
+
+    async fn steps(&self, run: RunId) -> StoreResult<Vec<StepRecord>>;
+
+    async fn step_counts(&self, run: RunId) -> StoreResult<StepCounts>;
+
+    /// Workers holding `running` steps of the run.
+    async fn running_workers(&self, run: RunId) -> StoreResult<Vec<WorkerId>>;
+
+    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<()>;
+
+    /// Events of a run in order, after `after` if given.
+    async fn events(
+        &self,
+        run: RunId,
+        after: Option<EventId>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>>;
+
+    // -- materializations and lineage ---------------------------------------
+
+    async fn materialization(
+        &self,
+        id: MaterializationId,
+    ) -> StoreResult<Option<MaterializationRecord>>;
+
+    /// The latest materialization of each of `targets` that has one.
+    async fn latest_materializations(
+        &self,
+        targets: &[AssetPartition],
+    ) -> StoreResult<Vec<MaterializationRecord>>;
+
+    /// Per partition of `asset` that has a materialization or a failed step:
+    /// the latest materialization and a failure newer than it.
+    async fn partitions(&self, asset: &AssetKey) -> StoreResult<Vec<PartitionRecord>>;
+
+    /// Materializations that `of` read.
+    async fn inputs_of(
+        &self,
+        of: &[MaterializationId],
+    ) -> StoreResult<Vec<(LineageEdge, MaterializationRecord)>>;
+
+    /// Materializations that read `of`.
+    async fn consumers_of(
+        &self,
+        of: &[MaterializationId],
+    ) -> StoreResult<Vec<(LineageEdge, MaterializationRecord)>>;
+
+    /// Materializations of a run, in id order.
+    async fn materializations_of_run(&self, run: RunId)
+    -> StoreResult<Vec<MaterializationRecord>>;
+}

@@ -1,0 +1,566 @@
+//! The worker loop: claim available steps, run them with bounded concurrency,
+//! record what they produced.
+//!
+//! One loop, used by a single-process `materialize` and by every worker of a
+//! cluster alike. Each pass has three phases, kept apart:
+//!
+//! 1. claim: as many steps as there are free slots, in one store call;
+//! 2. work: each step loads its inputs through I/O managers, calls the asset
+//!    and stores the value, in its own task; nothing is written to the store;
+//! 3. commit: the finished steps go to the store in one batch, where each
+//!    step's materialization, lineage edges, events and the release of its
+//!    downstream steps commit together (see [`crate::store`]).
+//!
+//! A step whose value was stored but whose commit did not happen (a crash
+//! between 2 and 3) is still `running` in the store; it is released and runs
+//! again, and only that second run is recorded. A materialization is recorded
+//! at most once per step.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::asset::{AssetDef, InputSlot, Inputs};
+use crate::context::{AssetContext, ContextParts};
+use crate::definitions::Definitions;
+use crate::error::AssetError;
+use crate::ids::{AssetPartition, MaterializationId, RunId, WorkerId};
+use crate::io::IoManager;
+use crate::plan::upstream_targets;
+use crate::store::{
+    ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent,
+    NewMaterialization, RunState, StepCounts, Store, StoreError, WorkerRecord,
+};
+
+/// How a worker loop behaves.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Steps run at once.
+    pub max_parallel: usize,
+    /// Work only on this run, and stop when it has no live step left.
+    pub run: Option<RunId>,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: SignedDuration,
+    /// How often the worker renews its claims.
+    pub heartbeat: Duration,
+    /// How long to wait before looking again when nothing is claimable.
+    pub poll: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            max_parallel: default_parallelism(),
+            run: None,
+            lease: SignedDuration::from_secs(60),
+            heartbeat: Duration::from_secs(15),
+            poll: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The number of CPUs, at least 1.
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Asks a worker loop to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// Keep going.
+    No,
+    /// Claim nothing more; let running steps finish and record them.
+    Drain,
+    /// Abandon running steps and hand them back to the queue.
+    Abort,
+}
+
+/// Live figures of a run, as a worker sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub steps: StepCounts,
+    /// Materializations this worker recorded.
+    pub recorded: u64,
+    /// Steps this worker saw fail (after their last attempt).
+    pub failed: u64,
+}
+
+/// Why a worker loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopEnd {
+    /// The run has no live step left.
+    RunDone,
+    /// Asked to stop.
+    Stopped,
+}
+
+/// What a worker needs, shared by its step tasks.
+pub(crate) struct Shared {
+    pub defs: Arc<Definitions>,
+    pub store: Arc<dyn Store>,
+    pub default_io: Arc<dyn IoManager>,
+    pub worker: WorkerId,
+}
+
+impl Shared {
+    fn io_for(&self, def: &AssetDef) -> Arc<dyn IoManager> {
+        self.defs.io_manager(&def.io_manager).unwrap_or_else(|| self.default_io.clone())
+    }
+}
+
+/// A step's result, ready to commit.
+enum Finished {
+    Done(Box<Completion>),
+    Failed(Failure),
+}
+
+/// Runs the worker loop until the run is done or `stop` says so.
+///
+/// # Cancellation
+///
+/// Dropping the future abandons running steps without releasing them; they
+/// stay `running` until a heartbeat check or `runs resume` releases them.
+/// Prefer [`Stop::Drain`] or [`Stop::Abort`].
+pub(crate) async fn run_loop(
+    shared: Arc<Shared>,
+    opts: WorkerOptions,
+    mut stop: watch::Receiver<Stop>,
+    progress: watch::Sender<Progress>,
+) -> Result<LoopEnd, StoreError> {
+    let store = shared.store.clone();
+    let record = WorkerRecord {
+        id: shared.worker.clone(),
+        host: crate::host_name(),
+        pid: std::process::id(),
+        started_at: Timestamp::now(),
+        heartbeat_at: Timestamp::now(),
+    };
+    store.register_worker(&record).await?;
+    let heartbeat = spawn_heartbeat(store.clone(), shared.worker.clone(), &opts);
+
+    let result = claim_work_commit(&shared, &opts, &mut stop, &progress).await;
+
+    heartbeat.abort();
+    if let Err(err) = store.deregister_worker(&shared.worker).await {
+        tracing::warn!(worker = %shared.worker, error = %err, "cannot deregister worker");
+    }
+    result
+}
+
+fn spawn_heartbeat(
+    store: Arc<dyn Store>,
+    worker: WorkerId,
+    opts: &WorkerOptions,
+) -> tokio::task::JoinHandle<()> {
+    let every = opts.heartbeat;
+    let lease = opts.lease;
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            if let Err(err) = store.heartbeat(&worker, Timestamp::now(), lease).await {
+                tracing::warn!(worker = %worker, error = %err, "heartbeat failed");
+            }
+        }
+    })
+}
+
+async fn claim_work_commit(
+    shared: &Arc<Shared>,
+    opts: &WorkerOptions,
+    stop: &mut watch::Receiver<Stop>,
+    progress: &watch::Sender<Progress>,
+) -> Result<LoopEnd, StoreError> {
+    let store = &shared.store;
+    let max_parallel = opts.max_parallel.max(1);
+    let mut tasks: JoinSet<Finished> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (ClaimedStep, Timestamp)> = HashMap::new();
+    let mut last_counts = std::time::Instant::now();
+    let mut seen = Progress::default();
+    if let Some(run) = opts.run {
+        seen.steps = store.step_counts(run).await?;
+        progress.send_replace(seen.clone());
+    }
+
+    loop {
+        let signal = *stop.borrow();
+
+        // Claim: fill the free slots.
+        if signal == Stop::No && running.len() < max_parallel {
+            let claimed = store
+                .claim(ClaimRequest {
+                    worker: shared.worker.clone(),
+                    run: opts.run,
+                    limit: (max_parallel - running.len()) as u32,
+                    now: Timestamp::now(),
+                    lease: opts.lease,
+                })
+                .await?;
+            for step in claimed {
+                let started = Timestamp::now();
+                let handle = tasks.spawn(execute(shared.clone(), step.clone(), started));
+                running.insert(handle.id(), (step, started));
+            }
+        }
+
+        // Nothing running: finished, stopped, or waiting for work.
+        if running.is_empty() {
+            if signal != Stop::No {
+                return Ok(LoopEnd::Stopped);
+            }
+            if let Some(run) = opts.run {
+                let counts = store.step_counts(run).await?;
+                if counts.live() == 0 {
+                    seen.steps = counts;
+                    progress.send_replace(seen.clone());
+                    return Ok(LoopEnd::RunDone);
+                }
+            }
+            let wait = match store.next_retry_at(opts.run).await? {
+                Some(at) => {
+                    let until = Timestamp::now().duration_until(at);
+                    Duration::try_from(until).unwrap_or_default().min(opts.poll)
+                }
+                None => opts.poll,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+
+        // Work: wait for at least one step, then take every one that is ready.
+        let mut batch = Vec::new();
+        tokio::select! {
+            joined = tasks.join_next_with_id() => {
+                if let Some(joined) = joined {
+                    batch.push(finished(joined, &mut running, shared));
+                }
+            }
+            _ = stop.changed() => {
+                if *stop.borrow() == Stop::Abort {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    let released = store
+                        .release(opts.run, std::slice::from_ref(&shared.worker),
+                                 "worker stopped", Timestamp::now())
+                        .await?;
+                    tracing::info!(worker = %shared.worker, steps = released.len(),
+                                   "released running steps");
+                    return Ok(LoopEnd::Stopped);
+                }
+                continue;
+            }
+        }
+        while let Some(joined) = tasks.try_join_next_with_id() {
+            batch.push(finished(joined, &mut running, shared));
+        }
+
+        // Commit: one batch of completions, one of failures.
+        let (done, failed): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|f| matches!(f, Finished::Done(_)));
+        let done: Vec<Completion> = done
+            .into_iter()
+            .filter_map(|f| match f {
+                Finished::Done(c) => Some(*c),
+                Finished::Failed(_) => None,
+            })
+            .collect();
+        let failed: Vec<Failure> = failed
+            .into_iter()
+            .filter_map(|f| match f {
+                Finished::Failed(f) => Some(f),
+                Finished::Done(_) => None,
+            })
+            .collect();
+        if !done.is_empty() {
+            let outcomes = store.complete(done).await?;
+            seen.recorded += outcomes
+                .iter()
+                .filter(|o| matches!(o, crate::store::Outcome::Recorded(_)))
+                .count() as u64;
+        }
+        if !failed.is_empty() {
+            seen.failed += failed.iter().filter(|f| f.retry_at.is_none()).count() as u64;
+            store.fail(failed).await?;
+        }
+
+        // Progress, at most every 100 ms.
+        if let Some(run) = opts.run
+            && last_counts.elapsed() >= Duration::from_millis(100)
+        {
+            seen.steps = store.step_counts(run).await?;
+            last_counts = std::time::Instant::now();
+        }
+        progress.send_replace(seen.clone());
+    }
+}
+
+/// Turns a joined task into a result to commit; a panic becomes a failure.
+fn finished(
+    joined: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
+    running: &mut HashMap<tokio::task::Id, (ClaimedStep, Timestamp)>,
+    shared: &Shared,
+) -> Finished {
+    match joined {
+        Ok((id, result)) => {
+            running.remove(&id);
+            result
+        }
+        Err(err) => {
+            let id = err.id();
+            let (step, started) = running.remove(&id).expect("every task is tracked");
+            let message = match err.try_into_panic() {
+                Ok(payload) => {
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic payload".to_owned());
+                    format!("asset panicked: {text}")
+                }
+                Err(_) => "step task was cancelled".to_owned(),
+            };
+            let def = shared.defs.asset(&step.target.asset);
+            let error = AssetError::msg(message);
+            failure(&step, started, def.map(|d| d.as_ref()), error, Vec::new(), &shared.worker)
+        }
+    }
+}
+
+/// Runs one claimed step: inputs, the asset, its output. Writes nothing to
+/// the store.
+async fn execute(shared: Arc<Shared>, step: ClaimedStep, started: Timestamp) -> Finished {
+    let worker = &shared.worker;
+    let Some(def) = shared.defs.asset(&step.target.asset).cloned() else {
+        let error = AssetError::fatal(anyhow::anyhow!(
+            "asset {} is not defined in this worker's code; deploy the code that defines it",
+            step.target.asset
+        ));
+        return failure(&step, started, None, error, Vec::new(), worker);
+    };
+    tracing::debug!(
+        asset = %step.target.asset,
+        partition = step.target.partition.as_ref().map(|p| p.as_str()).unwrap_or(""),
+        run_id = %step.run_id,
+        step_id = %step.id,
+        attempt = step.attempt,
+        "step started"
+    );
+
+    let (inputs, input_ids) = match load_inputs(&shared, &def, &step).await {
+        Ok(loaded) => loaded,
+        Err(error) => return failure(&step, started, Some(&def), error, Vec::new(), worker),
+    };
+
+    let window = match (&def.partitions, &step.target.partition) {
+        (Some(p), Some(k)) => p.time_window(k),
+        _ => None,
+    };
+    let ctx = AssetContext::from_parts(ContextParts {
+        asset: def.key.clone(),
+        partition: step.target.partition.clone(),
+        window,
+        run_id: step.run_id,
+        step_id: step.id,
+        attempt: step.attempt,
+        resources: shared.defs.resources().clone(),
+    });
+    let value = def.compute.call(ctx.clone(), inputs).await;
+    let record = ctx.take_record();
+    let value = match value {
+        Ok(value) => value,
+        Err(error) => return failure(&step, started, Some(&def), error, record.events, worker),
+    };
+
+    let io = shared.io_for(&def);
+    let stored = match io.store(&step.target, &def.output, &value).await {
+        Ok(stored) => stored,
+        Err(err) => {
+            let error = AssetError::new(anyhow::anyhow!("cannot store the value: {err}"));
+            return failure(&step, started, Some(&def), error, record.events, worker);
+        }
+    };
+
+    let finished_at = Timestamp::now();
+    let mut events = Vec::with_capacity(record.events.len() + 2);
+    events.push(step_event(&step, started, EventKind::StepStarted, Level::Info, "step started"));
+    events.extend(record.events);
+    events.push(NewEvent {
+        data: serde_json::json!({ "data_version": stored.data_version }),
+        ..step_event(&step, finished_at, EventKind::Materialized, Level::Info, "materialized")
+    });
+    Finished::Done(Box::new(Completion {
+        step: step.id,
+        attempt: step.attempt,
+        worker: worker.clone(),
+        materialization: NewMaterialization {
+            target: step.target.clone(),
+            run_id: step.run_id,
+            step_id: step.id,
+            attempt: step.attempt,
+            started_at: started,
+            finished_at,
+            trigger: step.trigger,
+            user: step.user.clone(),
+            code_version: def.code_version.clone(),
+            data_version: stored.data_version,
+            metadata: record.metadata,
+            location: stored.location,
+            io_manager: def.io_manager.clone(),
+        },
+        inputs: input_ids,
+        events,
+    }))
+}
+
+/// Loads every upstream value the step reads, with the ids of the
+/// materializations they came from.
+async fn load_inputs(
+    shared: &Shared,
+    def: &AssetDef,
+    step: &ClaimedStep,
+) -> Result<(Inputs, Vec<MaterializationId>), AssetError> {
+    if def.deps.is_empty() {
+        return Ok((Inputs::new(Vec::new()), Vec::new()));
+    }
+    let now = Timestamp::now();
+    let targets = upstream_targets(&shared.defs, def, step.target.partition.as_ref(), now)
+        .map_err(AssetError::fatal)?;
+    let latest = shared.store.latest_materializations(&targets).await?;
+    let by_target: HashMap<&AssetPartition, MaterializationId> =
+        latest.iter().map(|m| (&m.target, m.id)).collect();
+
+    let mut slots = Vec::with_capacity(def.deps.len());
+    let mut ids = Vec::with_capacity(targets.len());
+    for dep in &def.deps {
+        let up = shared.defs.asset(&dep.key).expect("dependencies are validated");
+        let io = shared.io_for(up);
+        let mut values = Vec::new();
+        for target in targets.iter().filter(|t| t.asset == dep.key) {
+            let Some(&id) = by_target.get(target) else {
+                return Err(AssetError::fatal(anyhow::anyhow!(
+                    "upstream {target} has no materialization; materialize it first"
+                )));
+            };
+            let value = io.load(target, &up.output).await.map_err(|err| {
+                AssetError::new(anyhow::anyhow!("cannot load input {target}: {err}"))
+            })?;
+            values.push((target.partition.clone(), value));
+            ids.push(id);
+        }
+        slots.push(InputSlot { name: dep.name.clone(), values });
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok((Inputs::new(slots), ids))
+}
+
+/// A failure to record: retryable until the policy's attempts run out.
+fn failure(
+    step: &ClaimedStep,
+    started: Timestamp,
+    def: Option<&AssetDef>,
+    error: AssetError,
+    logged: Vec<NewEvent>,
+    worker: &WorkerId,
+) -> Finished {
+    let now = Timestamp::now();
+    let policy = def.map(|d| d.retry.clone()).unwrap_or_default();
+    let retry_at = (error.is_retryable() && step.attempt < step.max_attempts).then(|| {
+        let delay = policy.delay_after(step.attempt, jitter_unit(step));
+        now.saturating_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(now)
+    });
+    let message = error.to_string();
+    tracing::debug!(
+        asset = %step.target.asset,
+        step_id = %step.id,
+        attempt = step.attempt,
+        retry = retry_at.is_some(),
+        error = %message,
+        "step failed"
+    );
+    let mut events = Vec::with_capacity(logged.len() + 2);
+    events.push(step_event(step, started, EventKind::StepStarted, Level::Info, "step started"));
+    events.extend(logged);
+    let (kind, text) = match retry_at {
+        Some(at) => (EventKind::StepRetrying, format!("attempt {} failed, retrying at {at}: {message}", step.attempt)),
+        None => (EventKind::StepFailed, format!("failed: {message}")),
+    };
+    events.push(step_event(step, now, kind, Level::Error, &text));
+    Finished::Failed(Failure {
+        step: step.id,
+        attempt: step.attempt,
+        worker: worker.clone(),
+        error: message,
+        retry_at,
+        finished_at: now,
+        events,
+    })
+}
+
+/// A number in [0, 1) that differs between steps and attempts, for jitter.
+fn jitter_unit(step: &ClaimedStep) -> f64 {
+    let nanos = Timestamp::now().subsec_nanosecond() as u64;
+    let mixed = (step.id.0 as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(nanos)
+        .wrapping_add(u64::from(step.attempt) << 32);
+    (mixed % 10_000) as f64 / 10_000.0
+}
+
+fn step_event(
+    step: &ClaimedStep,
+    at: Timestamp,
+    kind: EventKind,
+    level: Level,
+    message: &str,
+) -> NewEvent {
+    NewEvent {
+        run_id: step.run_id,
+        step_id: Some(step.id),
+        at,
+        kind,
+        level,
+        message: message.to_owned(),
+        data: serde_json::Value::Null,
+    }
+}
+
+/// Ends a run whose steps have all ended: `succeeded`, or `failed` if any step
+/// failed, was skipped or cancelled. Returns the state it ended in.
+pub(crate) async fn finish_run(store: &dyn Store, run: RunId) -> Result<RunState, StoreError> {
+    let counts = store.step_counts(run).await?;
+    let state = if counts.failed + counts.skipped + counts.cancelled > 0 {
+        RunState::Failed
+    } else {
+        RunState::Succeeded
+    };
+    let now = Timestamp::now();
+    if store.set_run_state(run, &[RunState::Running], state, now).await? {
+        store
+            .append_events(vec![NewEvent {
+                run_id: run,
+                step_id: None,
+                at: now,
+                kind: EventKind::RunFinished,
+                level: if state == RunState::Succeeded { Level::Info } else { Level::Error },
+                message: format!(
+                    "run {state}: {} completed, {} failed, {} skipped",
+                    counts.completed, counts.failed, counts.skipped
+                ),
+                data: serde_json::to_value(counts).unwrap_or_default(),
+            }])
+            .await?;
+        return Ok(state);
+    }
+    let current = store.run(run).await?.map(|r| r.state).unwrap_or(state);
+    Ok(current)
+}
