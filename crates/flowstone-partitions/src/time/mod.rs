@@ -400,6 +400,11 @@ impl TimeWindowPartitions {
 
     /// How many windows are keys at `now`.
     pub fn len(&self, now: Timestamp) -> u64 {
+        // Past an explicit end, `now` cannot add windows; skip counting up to it
+        // (a cron grid would have to find every fire in between).
+        if let Some(end) = self.end.filter(|&end| now >= end && self.end_offset >= 0) {
+            return u64::try_from(self.grid.index_containing(end)).unwrap_or(0);
+        }
         let complete = self.grid.index_containing(now).max(0);
         let mut len = complete.saturating_add(self.end_offset).max(0);
         if let Some(end) = self.end {
