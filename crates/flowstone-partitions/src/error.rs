@@ -83,15 +83,15 @@ pub enum PartitionsError {
 #[non_exhaustive]
 pub enum PartitionKeyError {
     /// The key is not in the definition's format.
+    /// The example of a valid key is `first`.
     #[error(
-        "invalid partition key {key:?} for {def}: {reason}; expected a key like {example:?}, {}",
+        "invalid partition key {key:?} for {def}: {reason}; expected a key like {first:?}, {}",
         range_from(.first, .last)
     )]
     Invalid {
         key: String,
         def: String,
         reason: String,
-        example: String,
         first: String,
         last: Option<String>,
     },

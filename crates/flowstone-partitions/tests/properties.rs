@@ -115,6 +115,12 @@ proptest! {
         prop_assert_eq!(def.key_at(index, now()), Some(key.clone()));
         prop_assert_eq!(def.parse_key(key.as_str(), now()), Ok(key.clone()));
 
+        // Listing steps through the same keys as indexing.
+        let listed: Vec<PartitionKey> = def.keys(index..index + 3, now()).collect();
+        let indexed: Vec<PartitionKey> =
+            (index..index + 3).filter_map(|i| def.key_at(i, now())).collect();
+        prop_assert_eq!(listed, indexed);
+
         // Windows are contiguous and non-empty; hourly ones are at most an hour.
         let window = time.window_at(index);
         let next = time.window_at(index + 1);

@@ -110,6 +110,18 @@ impl HourGrid {
         }
     }
 
+    /// The boundary after boundary `at`: the next whole local hour or the next
+    /// offset change, whichever comes first.
+    pub(crate) fn next_boundary(&self, at: Timestamp) -> Option<Timestamp> {
+        let s = at.as_second();
+        let offset = self.offset_seconds(s);
+        let next_hour = second(((s + offset).div_euclid(HOUR) + 1).checked_mul(HOUR)? - offset)?;
+        match next_offset_change(&self.tz, at) {
+            Some(change) if change < next_hour => Some(change),
+            _ => Some(next_hour),
+        }
+    }
+
     /// The canonical key of the window starting at `start`.
     pub(crate) fn key_at_start(&self, start: Timestamp) -> String {
         let offset = self.tz.to_offset(start);

@@ -118,7 +118,7 @@ impl TimeWindowBuilder {
 enum Grid {
     Hourly(HourGrid),
     Calendar(CalendarGrid),
-    Cron(CronGrid),
+    Cron(Box<CronGrid>),
 }
 
 impl Grid {
@@ -301,7 +301,7 @@ impl TimeWindowPartitions {
                     .ok_or_else(|| bad_start(out_of_range))?;
                 let grid = CronGrid::new(cron, tz.clone(), from)
                     .ok_or_else(|| bad_cron(String::from("it never fires after the start")))?;
-                Grid::Cron(grid)
+                Grid::Cron(Box::new(grid))
             }
         };
         let start = grid
@@ -433,12 +433,26 @@ impl TimeWindowPartitions {
         &self,
         range: Range<u64>,
         now: Timestamp,
-    ) -> impl Iterator<Item = PartitionKey> + '_ {
+    ) -> Box<dyn Iterator<Item = PartitionKey> + '_> {
         let end = range.end.min(self.len(now));
-        (range.start..end).filter_map(move |i| {
+        let count = usize::try_from(end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+
+        // Hourly windows are found by stepping from one boundary to the next,
+        // rather than by walking from the start for every key.
+        if let Grid::Hourly(grid) = &self.grid {
+            let first = i64::try_from(range.start)
+                .ok()
+                .and_then(|i| grid.window_start(i));
+            let starts = std::iter::successors(first, |&at| grid.next_boundary(at));
+            let keys = starts
+                .take(count)
+                .map(|at| PartitionKey::from(grid.key_at_start(at)));
+            return Box::new(keys);
+        }
+        Box::new((range.start..end).filter_map(move |i| {
             let i = i64::try_from(i).ok()?;
             self.grid.key(i).map(PartitionKey::from)
-        })
+        }))
     }
 
     /// The canonical key and index that `key` names at `now`.
@@ -568,7 +582,7 @@ impl TimeWindowPartitions {
                 let ambiguous = self.tz.to_ambiguous_timestamp(local);
                 match ambiguous.offset() {
                     jiff::tz::AmbiguousOffset::Gap { .. } => return Err(self.skipped(local)),
-                    _ => [ambiguous.clone().earlier(), ambiguous.later()]
+                    _ => [ambiguous.earlier(), ambiguous.later()]
                         .into_iter()
                         .filter_map(Result::ok)
                         .collect(),
@@ -677,7 +691,6 @@ impl TimeWindowPartitions {
             key: key.to_owned(),
             def: self.label(),
             reason,
-            example: self.first_key(),
             first: self.first_key(),
             last: self.last_key(now),
         }
