@@ -13,6 +13,31 @@
 //!
 //! The range of a time definition depends on the present, which is always
 //! passed in as `now`: the last key is the last window complete at `now`.
+//!
+//! ```
+//! use flowstone_partitions::{PartitionMapping, TimeWindowPartitions, Timestamp};
+//!
+//! let daily = TimeWindowPartitions::daily("2013-01-01")
+//!     .time_zone("America/New_York")
+//!     .end("2014-01-01")
+//!     .build()?;
+//! let hourly = TimeWindowPartitions::hourly("2013-01-01")
+//!     .time_zone("America/New_York")
+//!     .build()?;
+//! let now: Timestamp = "2030-01-01T00:00:00Z".parse()?;
+//! assert_eq!(daily.len(now), 365);
+//!
+//! // The day clocks spring forward reads 23 hours.
+//! let day = daily.parse_key("2013-03-10", now)?;
+//! let hours = PartitionMapping::TimeWindow { offset: 0 }
+//!     .upstream(Some(&daily), Some(&day), Some(&hourly), now)?;
+//! assert_eq!(hours.count(), 23);
+//!
+//! // An hour that repeats needs its offset.
+//! assert!(hourly.parse_key("2013-11-03T01:00", now).is_err());
+//! assert_eq!(hourly.parse_key("2013-11-03T01:00-05:00", now)?.as_str(), "2013-11-03T01:00-05:00");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod civil;
 mod error;
@@ -166,7 +191,11 @@ impl PartitionsDef {
     pub fn example_key(&self, now: Timestamp) -> String {
         match self {
             PartitionsDef::Time(time) => time.first_key(),
-            PartitionsDef::Static(list) => list.keys()[0].as_str().to_owned(),
+            PartitionsDef::Static(list) => list
+                .keys()
+                .first()
+                .map(|k| k.as_str().to_owned())
+                .unwrap_or_default(),
             PartitionsDef::Multi(multi) => multi.example_key(now),
         }
     }

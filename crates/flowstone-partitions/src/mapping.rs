@@ -426,13 +426,16 @@ fn dimension_side(
     let inner: u64 = radices[at + 1..].iter().product();
     let radix = radices[at];
     if outer == 1 {
-        let first = digit * inner;
-        return Ok(shape(to, first..first + inner, now));
+        let first = digit.saturating_mul(inner);
+        return Ok(shape(to, first..first.saturating_add(inner), now));
     }
     let mut keys = Vec::new();
     for prefix in 0..outer {
-        let first = (prefix * radix + digit) * inner;
-        keys.extend(to.keys(first..first + inner, now));
+        let first = prefix
+            .saturating_mul(radix)
+            .saturating_add(digit)
+            .saturating_mul(inner);
+        keys.extend(to.keys(first..first.saturating_add(inner), now));
     }
     Ok(UpstreamPartitions::Keys(keys))
 }

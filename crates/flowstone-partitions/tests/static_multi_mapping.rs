@@ -383,3 +383,29 @@ fn validation_says_what_fits_instead() {
         matches!(&err, MappingError::UnknownStaticKey { side: "upstream", key, .. } if key == "ZZ")
     );
 }
+
+#[test]
+fn separately_built_equal_definitions_are_equal() {
+    assert_eq!(daily(), daily());
+    assert_eq!(date_by_carrier(), date_by_carrier());
+    assert_ne!(daily(), hourly());
+    let cron = || {
+        TimeWindowPartitions::cron("0 6 * * *", "2013-01-01")
+            .build()
+            .expect("cron")
+    };
+    assert_eq!(cron(), cron());
+    let (a, b) = (daily(), daily());
+    assert_eq!(
+        PartitionMapping::default_for(Some(&a), Some(&b)),
+        PartitionMapping::Identity
+    );
+}
+
+#[test]
+fn keys_serialize_as_plain_strings() {
+    let json = serde_json::to_string(&key("2013-01-01|AA")).expect("serialize");
+    assert_eq!(json, "\"2013-01-01|AA\"");
+    let back: PartitionKey = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(back, key("2013-01-01|AA"));
+}

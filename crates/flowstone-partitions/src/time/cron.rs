@@ -48,7 +48,7 @@ impl CronGrid {
     }
 
     pub(crate) fn first(&self) -> Timestamp {
-        self.with_fires(|fires| fires[0])
+        self.with_fires(|fires| fires.first().copied().unwrap_or(Timestamp::MAX))
     }
 
     pub(crate) fn window_start(&self, index: i64) -> Option<Timestamp> {
