@@ -25,8 +25,8 @@ pub enum PartitionsError {
     #[error("invalid end {value:?}: {reason}")]
     BadEnd { value: String, reason: String },
 
-    /// The end does not come after the first window's start.
-    #[error("end {end:?} is not after the first window's start {start:?}")]
+    /// The end leaves no whole window after the start.
+    #[error("end {end:?} leaves no whole window after the first one, {start:?}")]
     EndBeforeStart { start: String, end: String },
 
     /// The cron expression was rejected by the cron parser, or never fires.

@@ -397,6 +397,14 @@ fn builders_reject_bad_settings_with_the_value_named() {
         "{reversed}"
     );
 
+    let short = TimeWindowPartitions::daily("2013-01-01")
+        .end("2013-01-01T12:00")
+        .build();
+    assert!(
+        matches!(short, Err(PartitionsError::EndBeforeStart { .. })),
+        "{short:?}"
+    );
+
     let cron = TimeWindowPartitions::cron("every day", "2013-01-01")
         .build()
         .expect_err("bad cron");
@@ -462,5 +470,30 @@ fn bad_keys_say_what_is_wrong_and_what_is_valid() {
     assert!(
         none_yet.to_string().contains("none complete yet"),
         "{none_yet}"
+    );
+}
+
+#[test]
+fn descriptions_name_cadence_zone_and_range() {
+    let hourly = new_york_2013(TimeWindowPartitions::hourly("2013-01-01"));
+    assert_eq!(
+        hourly.describe(),
+        "hourly in America/New_York from 2013-01-01T00:00-05:00 to 2013-12-31T23:00-05:00"
+    );
+    let cron = TimeWindowPartitions::cron("0 6 * * *", "2013-01-01")
+        .build()
+        .expect("def");
+    assert_eq!(
+        cron.describe(),
+        "cron \"0 6 * * *\" in UTC from 2013-01-01T06:00+00:00"
+    );
+    let weekly = TimeWindowPartitions::weekly("2013-01-01")
+        .week_starts_on(Weekday::Sunday)
+        .end_offset(1)
+        .build()
+        .expect("def");
+    assert_eq!(
+        weekly.describe(),
+        "weekly in UTC (weeks start on sunday) from 2013-01-06 (end offset +1)"
     );
 }

@@ -308,7 +308,8 @@ impl TimeWindowPartitions {
             .window_start(0)
             .ok_or_else(|| bad_start(out_of_range))?;
 
-        // The end is an instant; windows that finish after it are not keys.
+        // The end is an instant; windows that finish after it are not keys, and
+        // at least one window must finish by it.
         let end = match &b.end {
             None => None,
             Some(text) => {
@@ -319,7 +320,7 @@ impl TimeWindowPartitions {
                 let local = parse_setting(text).map_err(|reason| bad_end(&reason))?;
                 let end =
                     first_instant_at_or_after(&tz, local).ok_or_else(|| bad_end(out_of_range))?;
-                if end <= start {
+                if grid.index_containing(end) < 1 {
                     return Err(PartitionsError::EndBeforeStart {
                         start: grid.key(0).unwrap_or_default(),
                         end: text.clone(),
