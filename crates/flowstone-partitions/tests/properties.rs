@@ -217,6 +217,28 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn any_text_is_rejected_or_parsed_without_panicking(
+        zone in 0..ZONES.len(),
+        cadence in 0..5usize,
+        text in "(20[01][0-9]-[01][0-9]-[0-3][0-9](T[0-2][0-9]:[0-5]0([+-][01][0-9]:[03]0)?)?)|\\PC{0,24}",
+    ) {
+        let def = build(cadence, ZONES[zone]);
+        if let Ok(key) = def.parse_key(&text, now()) {
+            prop_assert_eq!(def.parse_key(key.as_str(), now()), Ok(key.clone()));
+            let index = def.index_of(key.as_str(), now()).expect("parsed key has an index");
+            prop_assert_eq!(def.key_at(index, now()), Some(key));
+        }
+    }
+}
+
 fn contains(found: &UpstreamPartitions, def: &PartitionsDef, key: &PartitionKey) -> bool {
     match found {
         UpstreamPartitions::Unpartitioned => false,

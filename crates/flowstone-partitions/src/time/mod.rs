@@ -604,7 +604,7 @@ impl TimeWindowPartitions {
             [] => Err(Problem::Malformed(String::from(
                 "not a fire time of the schedule",
             ))),
-            [at] => Ok((grid.index_containing(*at), texts[0].clone())),
+            [at] => Ok((grid.index_containing(*at), texts.concat())),
             _ => Err(Problem::Ambiguous(texts)),
         }
     }
