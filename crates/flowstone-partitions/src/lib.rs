@@ -55,7 +55,7 @@ pub use jiff::tz::TimeZone;
 
 pub use crate::error::{MappingError, PartitionKeyError, PartitionsError};
 pub use crate::key::{PartitionKey, TimeWindow};
-pub use crate::mapping::{PartitionMapping, UpstreamPartitions};
+pub use crate::mapping::{MAX_LISTED_KEYS, PartitionMapping, UpstreamPartitions};
 pub use crate::multi::MultiPartitions;
 pub use crate::static_::StaticPartitions;
 pub use crate::time::{TimeWindowBuilder, TimeWindowPartitions};
