@@ -84,7 +84,7 @@ impl DefinitionsBuilder {
     }
 
     /// Adds an asset made with [`AssetBuilder`].
-    pub fn add(mut self, asset: AssetBuilder) -> Self {
+    pub fn add_asset(mut self, asset: AssetBuilder) -> Self {
         self.assets.push(asset);
         self
     }
@@ -443,9 +443,9 @@ mod tests {
     #[test]
     fn orders_upstream_first() {
         let defs = Definitions::builder()
-            .add(asset("c", &["b"]))
-            .add(asset("b", &["a"]))
-            .add(asset("a", &[]))
+            .add_asset(asset("c", &["b"]))
+            .add_asset(asset("b", &["a"]))
+            .add_asset(asset("a", &[]))
             .build()
             .unwrap();
         let order: Vec<_> = defs.assets().map(|a| a.key.to_string()).collect();
@@ -458,10 +458,10 @@ mod tests {
     #[test]
     fn names_the_cycle_in_order() {
         let err = Definitions::builder()
-            .add(asset("a", &["c"]))
-            .add(asset("b", &["a"]))
-            .add(asset("c", &["b"]))
-            .add(asset("d", &["a"]))
+            .add_asset(asset("a", &["c"]))
+            .add_asset(asset("b", &["a"]))
+            .add_asset(asset("c", &["b"]))
+            .add_asset(asset("d", &["a"]))
             .build()
             .unwrap_err();
         let text = err.to_string();
@@ -476,12 +476,12 @@ mod tests {
     #[test]
     fn reports_duplicates_unknown_deps_and_type_mismatches_together() {
         let err = Definitions::builder()
-            .add(asset("a", &[]).origin("mod_one::a"))
-            .add(asset("a", &[]).origin("mod_two::a"))
-            .add(asset("b", &["raw_flight"]))
-            .add(asset("raw_flights", &[]))
-            .add(AssetBuilder::new("c").dep::<String>("a").compute(|_, _| async { Ok(0u8) }))
-            .add(asset("d", &[]).io_manager("s3"))
+            .add_asset(asset("a", &[]).origin("mod_one::a"))
+            .add_asset(asset("a", &[]).origin("mod_two::a"))
+            .add_asset(asset("b", &["raw_flight"]))
+            .add_asset(asset("raw_flights", &[]))
+            .add_asset(AssetBuilder::new("c").dep::<String>("a").compute(|_, _| async { Ok(0u8) }))
+            .add_asset(asset("d", &[]).io_manager("s3"))
             .build()
             .unwrap_err();
         let text = err.to_string();
@@ -494,7 +494,7 @@ mod tests {
 
     #[test]
     fn lookup_suggests() {
-        let defs = Definitions::builder().add(asset("daily_report", &[])).build().unwrap();
+        let defs = Definitions::builder().add_asset(asset("daily_report", &[])).build().unwrap();
         assert!(defs.lookup("daily_reports").unwrap_err().contains("did you mean daily_report?"));
         assert!(defs.lookup("bad key").unwrap_err().contains("invalid asset key"));
     }

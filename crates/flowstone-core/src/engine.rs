@@ -177,6 +177,7 @@ impl RunHandle {
 }
 
 /// What [`Engine::launch`] did.
+#[allow(clippy::large_enum_variant, reason = "made once per launch; a box buys nothing")]
 pub enum Launch {
     /// Every selected asset partition is already materialized.
     NothingToDo { already_materialized: u64 },
@@ -228,6 +229,11 @@ impl Engine {
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The I/O manager that stores `def`'s values.
+    pub fn io_manager_for(&self, def: &crate::asset::AssetDef) -> Arc<dyn IoManager> {
+        self.defs.io_manager(&def.io_manager).unwrap_or_else(|| self.default_io.clone())
     }
 
     /// Plans a request without queuing anything.

@@ -156,7 +156,6 @@ pub async fn plan(
         let before = targets.len();
         targets.retain(|t| !done.contains(t));
         already_materialized = (before - targets.len()) as u64;
-        in_plan = targets.iter().cloned().collect();
     }
 
     // Upstream first, then partition order, so step ids follow the natural order.
@@ -169,7 +168,7 @@ pub async fn plan(
         (defs.rank(&t.asset), index)
     };
     let mut keyed: Vec<_> = targets.into_iter().map(|t| (sort_index(&t), t)).collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|(index, _)| *index);
     let targets: Vec<AssetPartition> = keyed.into_iter().map(|(_, t)| t).collect();
 
     // Link each step to its upstream steps; collect what must exist already.
@@ -197,7 +196,6 @@ pub async fn plan(
             priority: 0,
         });
     }
-    let _ = in_plan;
 
     // Upstream partitions outside the plan must have a materialization.
     if !external.is_empty() {

@@ -349,3 +349,32 @@ pub fn impact(
     out.sort_by_key(|e| (defs.rank(&e.asset), e.distance));
     Ok(out)
 }
+
+impl Engine {
+    /// The stored value of the latest materialization of an asset partition,
+    /// as JSON.
+    ///
+    /// # Errors
+    ///
+    /// A bad target, a partition never materialized, or a value the I/O
+    /// manager cannot load.
+    pub async fn value(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+    ) -> Result<(MaterializationRecord, serde_json::Value), EngineError> {
+        let record = self.lineage_root(asset, partition).await?;
+        let def = self.definitions().asset(&record.target.asset).expect("target is defined");
+        let io = self.io_manager_for(def);
+        let value = io.load(&record.target, &def.output).await.map_err(|err| {
+            EngineError::Invalid(format!("cannot load the value of {}: {err}", record.target))
+        })?;
+        let bytes = def.output.encode(value.as_ref()).map_err(|err| {
+            EngineError::Invalid(format!("cannot encode the value of {}: {err}", record.target))
+        })?;
+        let json = serde_json::from_slice(&bytes).map_err(|err| {
+            EngineError::Invalid(format!("the value of {} is not JSON: {err}", record.target))
+        })?;
+        Ok((record, json))
+    }
+}

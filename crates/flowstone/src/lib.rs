@@ -4,8 +4,13 @@
 //! to [`cli::main`] for a complete command line, or to an [`Engine`] to drive
 //! runs from your own code.
 
+pub mod cli;
+mod open;
+
 pub use flowstone_core::*;
 pub use flowstone_macros::asset;
+pub use flowstone_sqlite::SqliteStore;
+pub use open::{DEFAULT_STORE, OpenedStore, open_store};
 
 /// Partition definitions and mappings.
 pub mod partitions {
@@ -20,8 +25,63 @@ pub mod __private {
     pub use flowstone_core::asset::{Asset, AssetBuilder, FromUpstream, Inputs};
     pub use flowstone_core::context::AssetContext;
     pub use flowstone_core::error::AssetError;
+    pub use flowstone_core::value::ValueType;
+    pub use flowstone_partitions::{PartitionMapping, PartitionsDef, PartitionsError};
 
     /// Compiles only when a parameter of type `P` can receive the output of
     /// upstream asset `A`.
     pub const fn assert_upstream<A: Asset, P: FromUpstream<A::Output>>() {}
+
+    /// What `partitions = ...` accepts: a definition, or the result of
+    /// building one (whose error is reported when the definitions are built).
+    #[diagnostic::on_unimplemented(
+        message = "`partitions = ...` takes a `PartitionsDef`, not `{Self}`",
+        label = "not a partitions definition",
+        note = "give a `PartitionsDef` or a `Result<PartitionsDef, PartitionsError>`, e.g. \
+                `TimeWindowPartitions::daily(\"2024-01-01\").build()`"
+    )]
+    pub trait IntoPartitions {
+        fn into_partitions(self) -> Result<PartitionsDef, PartitionsError>;
+    }
+
+    impl IntoPartitions for PartitionsDef {
+        fn into_partitions(self) -> Result<PartitionsDef, PartitionsError> {
+            Ok(self)
+        }
+    }
+
+    impl IntoPartitions for Result<PartitionsDef, PartitionsError> {
+        fn into_partitions(self) -> Result<PartitionsDef, PartitionsError> {
+            self
+        }
+    }
+
+    /// An error type an asset function may return: anything that converts
+    /// into an [`AssetError`].
+    #[diagnostic::on_unimplemented(
+        message = "an #[asset] function cannot return errors of type `{Self}`",
+        label = "its error type must convert into `flowstone::AssetError`",
+        note = "return `flowstone::Result<T>`, `anyhow::Result<T>`, or `Result<T, E>` with an \
+                `E` that converts into `anyhow::Error` (a `std::error::Error + Send + Sync + \
+                'static`)"
+    )]
+    pub trait IntoAssetError {
+        fn into_asset_error(self) -> AssetError;
+    }
+
+    impl<E> IntoAssetError for E
+    where
+        AssetError: From<E>,
+    {
+        fn into_asset_error(self) -> AssetError {
+            AssetError::from(self)
+        }
+    }
+
+    /// An asset function's result, with its error as an [`AssetError`].
+    pub fn into_asset_result<T, E: IntoAssetError>(
+        result: Result<T, E>,
+    ) -> Result<T, AssetError> {
+        result.map_err(IntoAssetError::into_asset_error)
+    }
 }

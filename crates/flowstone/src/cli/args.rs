@@ -1,0 +1,203 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The FlowStone command line of a code location.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Materialize assets, backfill partitions, and ask where data came from",
+    after_help = "The store defaults to .flowstone/ in the working directory.\n\
+                  Exit codes: 0 ok, 1 a step failed, 2 bad usage or input."
+)]
+pub struct Cli {
+    /// Where the record lives: a directory, a `.db` file or `sqlite://PATH`.
+    #[arg(long, global = true, env = "FLOWSTONE_STORE", value_name = "URL")]
+    pub store: Option<String>,
+
+    /// Where asset values are written by the default I/O manager
+    /// [default: <store directory>/storage].
+    #[arg(long, global = true, env = "FLOWSTONE_STORAGE", value_name = "DIR")]
+    pub storage: Option<PathBuf>,
+
+    /// Record runs as started by this user instead of the OS user.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log more (repeat for more detail); FLOWSTONE_LOG sets a tracing filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the assets, their partitions and dependencies.
+    Assets,
+    /// Materialize assets now (re-running partitions that exist).
+    Materialize(MaterializeArgs),
+    /// Materialize a range of partitions, skipping those already materialized.
+    Backfill(BackfillArgs),
+    /// Show per-partition state: materialized, stale, failed, missing.
+    Status(StatusArgs),
+    /// Show the materializations an asset partition was made from, or fed.
+    Lineage(LineageArgs),
+    /// Show every downstream asset partition that goes stale if one changes.
+    Impact(ImpactArgs),
+    /// List, show, resume or cancel runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Print a run's event log.
+    Events(EventsArgs),
+    /// Print the stored value of an asset partition as JSON.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MaterializeArgs {
+    /// Asset keys to materialize.
+    #[arg(required = true, value_name = "ASSET")]
+    pub assets: Vec<String>,
+
+    /// A partition key (repeat for several); needed for partitioned assets.
+    #[arg(long = "partition", short = 'p', value_name = "KEY")]
+    pub partitions: Vec<String>,
+
+    /// Also materialize everything they read, transitively.
+    #[arg(long)]
+    pub with_upstream: bool,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// Asset keys to backfill [default: every asset].
+    #[arg(value_name = "ASSET")]
+    pub assets: Vec<String>,
+
+    /// First partition key of the range.
+    #[arg(long, value_name = "KEY", requires = "to", conflicts_with = "all")]
+    pub from: Option<String>,
+
+    /// Last partition key of the range (included).
+    #[arg(long, value_name = "KEY", requires = "from", conflicts_with = "all")]
+    pub to: Option<String>,
+
+    /// Every partition.
+    #[arg(long, required_unless_present = "from")]
+    pub all: bool,
+
+    /// Also backfill everything they read, transitively.
+    #[arg(long)]
+    pub with_upstream: bool,
+
+    /// Run partitions that are already materialized too.
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Steps run at once [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_parallel: Option<u16>,
+
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The asset; without it, a summary of every asset.
+    #[arg(value_name = "ASSET")]
+    pub asset: Option<String>,
+
+    /// List every partition, not only those that are not materialized.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LineageDirection {
+    Upstream,
+    Downstream,
+}
+
+#[derive(Debug, Args)]
+pub struct LineageArgs {
+    #[arg(value_enum)]
+    pub direction: LineageDirection,
+
+    #[arg(value_name = "ASSET")]
+    pub asset: String,
+
+    #[arg(long, short = 'p', value_name = "KEY")]
+    pub partition: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImpactArgs {
+    #[arg(value_name = "ASSET")]
+    pub asset: String,
+
+    #[arg(long, short = 'p', value_name = "KEY")]
+    pub partition: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: u32,
+    },
+    /// Show a run and its steps.
+    Show {
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+    /// Continue an interrupted run, or one whose process died.
+    Resume {
+        #[arg(value_name = "RUN")]
+        run: String,
+        #[command(flatten)]
+        run_args: RunArgs,
+    },
+    /// Cancel a run: steps not yet running are cancelled.
+    Cancel {
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[arg(value_name = "RUN")]
+    pub run: String,
+
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[arg(value_name = "ASSET")]
+    pub asset: String,
+
+    #[arg(long, short = 'p', value_name = "KEY")]
+    pub partition: Option<String>,
+}

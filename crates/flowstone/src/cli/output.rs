@@ -1,0 +1,409 @@
+//! What the CLI prints: aligned text for people, or the typed results as JSON
+//! (`--json`) for scripts. Text goes to stdout; progress and errors to stderr.
+
+use std::fmt::Write as _;
+
+use flowstone_core::query::{AssetStatus, ImpactEntry, Lineage, PartitionState};
+use flowstone_core::store::{EventRecord, MaterializationRecord, RunRecord, StepRecord};
+use flowstone_core::{AssetPartition, Definitions, RunId, RunOutcome};
+use flowstone_partitions::PartitionsDef;
+use jiff::Timestamp;
+use serde::Serialize;
+use serde_json::json;
+
+pub(crate) struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    pub(crate) fn new(json: bool) -> Self {
+        Printer { json }
+    }
+
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+
+    fn emit(&self, value: &impl Serialize) {
+        match serde_json::to_string_pretty(value) {
+            Ok(text) => println!("{text}"),
+            Err(err) => eprintln!("error: cannot print JSON: {err}"),
+        }
+    }
+
+    pub(crate) fn assets(&self, defs: &Definitions) {
+        if self.json {
+            let assets: Vec<_> = defs
+                .assets()
+                .map(|a| {
+                    json!({
+                        "key": a.key,
+                        "description": a.description,
+                        "group": a.group,
+                        "partitions": a.partitions.as_ref().map(|p| p.describe()),
+                        "deps": a.deps.iter().map(|d| json!({
+                            "key": d.key,
+                            "input": d.name,
+                            "mapping": defs.mapping(a, &d.key).map(|m| m.describe()),
+                        })).collect::<Vec<_>>(),
+                        "io_manager": a.io_manager,
+                        "code_version": a.code_version,
+                        "retry_max_attempts": a.retry.max_attempts,
+                        "tags": a.tags,
+                        "owners": a.owners,
+                    })
+                })
+                .collect();
+            self.emit(&assets);
+            return;
+        }
+        let mut rows = vec![vec![
+            "ASSET".to_owned(),
+            "PARTITIONS".to_owned(),
+            "READS".to_owned(),
+            "CODE VERSION".to_owned(),
+        ]];
+        for a in defs.assets() {
+            let deps: Vec<String> = a
+                .deps
+                .iter()
+                .map(|d| {
+                    let mapping = defs.mapping(a, &d.key).map(|m| m.describe()).unwrap_or_default();
+                    if mapping.is_empty() || mapping == "identity" {
+                        d.key.to_string()
+                    } else {
+                        format!("{} ({mapping})", d.key)
+                    }
+                })
+                .collect();
+            rows.push(vec![
+                a.key.to_string(),
+                a.partitions.as_ref().map_or("-".to_owned(), |p| p.describe()),
+                if deps.is_empty() { "-".to_owned() } else { deps.join(", ") },
+                a.code_version.clone(),
+            ]);
+        }
+        print!("{}", table(&rows));
+    }
+
+    pub(crate) fn nothing_to_do(&self, already: u64, store: &str) {
+        if self.json {
+            self.emit(&json!({ "run": null, "already_materialized": already, "store": store }));
+            return;
+        }
+        println!(
+            "nothing to do: all {already} selected asset partitions are already materialized \
+             (use --force to run them again)\nstore: {store}"
+        );
+    }
+
+    pub(crate) fn run_started(&self, run: &RunRecord, steps: usize, already: u64) {
+        if self.json {
+            return;
+        }
+        let skipped = if already > 0 {
+            format!(", {already} already materialized")
+        } else {
+            String::new()
+        };
+        eprintln!("run {} started: {} ({steps} steps{skipped})", run.id, run.description);
+    }
+
+    pub(crate) fn run_finished(&self, outcome: &RunOutcome, already: u64, store: &str) {
+        if self.json {
+            self.emit(&json!({
+                "run": outcome.run,
+                "recorded": outcome.recorded,
+                "interrupted": outcome.interrupted,
+                "elapsed_ms": outcome.elapsed_ms,
+                "already_materialized": already,
+                "store": store,
+            }));
+            return;
+        }
+        let run = &outcome.run;
+        let steps = &run.steps;
+        let seconds = outcome.elapsed_ms as f64 / 1000.0;
+        println!("run {} {}", run.id, run.state);
+        println!(
+            "  materializations recorded: {}    failed: {}    skipped: {}    left: {}",
+            outcome.recorded,
+            steps.failed,
+            steps.skipped,
+            steps.live()
+        );
+        println!("  time: {seconds:.2} s    store: {store}");
+        if outcome.interrupted && steps.live() > 0 {
+            println!("  continue with: runs resume {}", run.id);
+        }
+        if steps.failed > 0 {
+            println!("  see the errors with: runs show {}", run.id);
+        }
+    }
+
+    pub(crate) fn status(&self, status: &AssetStatus, def: Option<&PartitionsDef>, all: bool) {
+        if self.json {
+            self.emit(status);
+            return;
+        }
+        let c = &status.counts;
+        println!("{}  ({})", status.asset, status.partitions_def.as_deref().unwrap_or("unpartitioned"));
+        println!(
+            "  materialized {}  stale {}  failed {}  missing {}  total {}",
+            c.materialized, c.stale, c.failed, c.missing, c.total
+        );
+        let mut rows = vec![vec!["PARTITION".into(), "STATE".into(), "SINCE".into(), "WHY".into()]];
+        let mut known = std::collections::HashMap::new();
+        for p in &status.partitions {
+            known.insert(p.partition.as_ref().map(|k| k.as_str().to_owned()), p);
+        }
+        let now = Timestamp::now();
+        let listed: Vec<Option<String>> = match def {
+            Some(def) if def.len(now) <= 20_000 => {
+                def.keys(0..def.len(now), now).map(|k| Some(k.as_str().to_owned())).collect()
+            }
+            Some(_) => status.partitions.iter().map(|p| p.partition.as_ref().map(|k| k.as_str().to_owned())).collect(),
+            None => vec![None],
+        };
+        let mut hidden = 0;
+        for key in listed {
+            let entry = known.get(&key);
+            let state = entry.map_or(PartitionState::Missing, |p| p.state.clone());
+            if !all && state == PartitionState::Materialized {
+                hidden += 1;
+                continue;
+            }
+            let why = match &state {
+                PartitionState::Stale(why) | PartitionState::Failed(why) => why.clone(),
+                _ => String::new(),
+            };
+            rows.push(vec![
+                key.unwrap_or_else(|| "-".into()),
+                state.name().to_owned(),
+                entry.and_then(|p| p.materialized_at).map(short_time).unwrap_or_default(),
+                why,
+            ]);
+        }
+        if rows.len() > 1 {
+            print!("{}", table(&rows));
+        }
+        if hidden > 0 {
+            println!("  ({hidden} materialized partitions not listed; --all lists them)");
+        }
+    }
+
+    pub(crate) fn status_summary(&self, all: &[AssetStatus]) {
+        if self.json {
+            self.emit(&all);
+            return;
+        }
+        let mut rows = vec![["ASSET", "PARTITIONS", "MATERIALIZED", "STALE", "FAILED", "MISSING"]
+            .map(String::from)
+            .to_vec()];
+        for s in all {
+            let c = &s.counts;
+            rows.push(vec![
+                s.asset.to_string(),
+                s.partitions_def.clone().unwrap_or_else(|| "-".into()),
+                c.materialized.to_string(),
+                c.stale.to_string(),
+                c.failed.to_string(),
+                c.missing.to_string(),
+            ]);
+        }
+        print!("{}", table(&rows));
+    }
+
+    pub(crate) fn lineage(&self, lineage: &Lineage) {
+        if self.json {
+            self.emit(lineage);
+            return;
+        }
+        let root = &lineage.root;
+        let verb = match lineage.direction {
+            flowstone_core::Direction::Upstream => "was made from",
+            flowstone_core::Direction::Downstream => "was read by",
+        };
+        println!("{} (materialization #{}, run {}) {verb}:", root.target, root.id, root.run_id);
+        if lineage.nodes.is_empty() {
+            println!("  nothing");
+            return;
+        }
+        let mut rows = vec![["DEPTH", "ASSET PARTITION", "MATERIALIZATION", "AT", "DATA VERSION"]
+            .map(String::from)
+            .to_vec()];
+        for (depth, m) in &lineage.nodes {
+            rows.push(vec![
+                depth.to_string(),
+                m.target.to_string(),
+                format!("#{}", m.id),
+                short_time(m.finished_at),
+                m.data_version.clone(),
+            ]);
+        }
+        print!("{}", table(&rows));
+    }
+
+    pub(crate) fn impact(&self, target: &AssetPartition, impact: &[ImpactEntry]) {
+        if self.json {
+            self.emit(&json!({ "changed": target, "impacted": impact }));
+            return;
+        }
+        if impact.is_empty() {
+            println!("nothing downstream reads {target}");
+            return;
+        }
+        let total: usize = impact.iter().map(|e| e.partitions.len().max(1)).sum();
+        println!("if {target} changes, {total} asset partitions go stale:");
+        for entry in impact {
+            let parts = match entry.partitions.as_slice() {
+                [] => String::new(),
+                [one] => format!(" [{one}]"),
+                many if many.len() <= 6 => format!(
+                    " [{}]",
+                    many.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                many => format!(
+                    " [{} partitions: {} .. {}]",
+                    many.len(),
+                    many[0],
+                    many[many.len() - 1]
+                ),
+            };
+            println!("  {}{parts}", entry.asset);
+        }
+    }
+
+    pub(crate) fn runs(&self, runs: &[RunRecord]) {
+        if self.json {
+            self.emit(&runs);
+            return;
+        }
+        if runs.is_empty() {
+            println!("no runs yet");
+            return;
+        }
+        let mut rows = vec![["RUN", "STATE", "STARTED", "BY", "STEPS", "FAILED", "WHAT"]
+            .map(String::from)
+            .to_vec()];
+        for r in runs {
+            rows.push(vec![
+                r.id.to_string(),
+                r.state.to_string(),
+                short_time(r.created_at),
+                format!("{} ({})", r.user, r.trigger),
+                format!("{}/{}", r.steps.completed, r.steps.total()),
+                (r.steps.failed + r.steps.skipped).to_string(),
+                r.description.clone(),
+            ]);
+        }
+        print!("{}", table(&rows));
+    }
+
+    pub(crate) fn run(&self, run: &RunRecord, steps: &[StepRecord]) {
+        if self.json {
+            self.emit(&json!({ "run": run, "steps": steps }));
+            return;
+        }
+        let c = &run.steps;
+        println!("run {} {}", run.id, run.state);
+        println!("  {}", run.description);
+        println!("  started {} by {} ({})", short_time(run.created_at), run.user, run.trigger);
+        if let Some(at) = run.finished_at {
+            println!("  finished {}", short_time(at));
+        }
+        println!(
+            "  steps: {} completed, {} failed, {} skipped, {} running, {} queued, {} cancelled",
+            c.completed,
+            c.failed,
+            c.skipped,
+            c.running,
+            c.pending + c.available + c.retryable,
+            c.cancelled
+        );
+        let problems: Vec<&StepRecord> = steps.iter().filter(|s| s.error.is_some()).collect();
+        if !problems.is_empty() {
+            let mut rows =
+                vec![["STEP", "ASSET PARTITION", "STATE", "ATTEMPT", "ERROR"].map(String::from).to_vec()];
+            for s in problems.iter().take(50) {
+                rows.push(vec![
+                    s.id.to_string(),
+                    s.target.to_string(),
+                    s.state.to_string(),
+                    s.attempt.to_string(),
+                    s.error.clone().unwrap_or_default(),
+                ]);
+            }
+            print!("{}", table(&rows));
+            if problems.len() > 50 {
+                println!("  ... and {} more (--json lists all)", problems.len() - 50);
+            }
+        }
+    }
+
+    pub(crate) fn cancelled(&self, run: RunId, changed: bool) {
+        if self.json {
+            self.emit(&json!({ "run": run, "cancelled": changed }));
+        } else if changed {
+            println!("run {run} cancelled; running steps finish, the rest will not run");
+        } else {
+            println!("run {run} had already ended; nothing to cancel");
+        }
+    }
+
+    pub(crate) fn events(&self, events: &[EventRecord]) {
+        if self.json {
+            self.emit(&events);
+            return;
+        }
+        for e in events {
+            let step = e.step_id.map(|s| format!(" step {s}")).unwrap_or_default();
+            println!("{} {:5} {}{step}: {}", short_time(e.at), e.level, e.kind, e.message);
+        }
+    }
+
+    pub(crate) fn value(&self, record: &MaterializationRecord, value: &serde_json::Value) {
+        if self.json {
+            self.emit(&json!({ "materialization": record, "value": value }));
+            return;
+        }
+        eprintln!(
+            "{} (materialization #{}, run {}, {})",
+            record.target,
+            record.id,
+            record.run_id,
+            short_time(record.finished_at)
+        );
+        self.emit(value);
+    }
+}
+
+/// A timestamp to the second, in UTC.
+fn short_time(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0; columns];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
