@@ -1,6 +1,152 @@
-use proc_macro::TokenStream;
+//! The `#[asset]` attribute macro of FlowStone; use it through the `flowstone`
+//! facade as `flowstone::asset`.
+//!
+//! # What it expands to
+//!
+//! For
+//!
+//! ```text
+//! /// Flights of one day.
+//! #[asset(partitions = flights_daily())]
+//! async fn cleaned_flights(
+//!     ctx: &AssetContext,
+//!     raw_flights: Vec<RawFlight>,
+//!     #[mapping(PartitionMapping::TimeWindow { offset: -1 })] weather: Option<Weather>,
+//! ) -> Result<Vec<Flight>> { ... }
+//! ```
+//!
+//! the macro writes, all paths going through `::flowstone::__private`:
+//!
+//! 1. the function itself, less the `#[mapping]` and `#[from]` parameter
+//!    attributes, so tests can call it directly;
+//! 2. `struct cleaned_flights {}`, with the function's visibility. A braced
+//!    struct lives only in the type namespace, so it and the function share
+//!    the name without clashing; it is what `Definitions::builder().asset::<_>()`
+//!    takes and what a downstream parameter named `cleaned_flights` refers to;
+//! 3. one `const _: () = assert_upstream::<Upstream, ParamType>();` per input,
+//!    carrying the parameter's span: a missing upstream asset or a parameter
+//!    type that cannot receive the upstream's output fails to compile there;
+//! 4. `impl Asset for cleaned_flights`, whose `definition()` is an
+//!    `AssetBuilder` with the key, origin, description (the doc comment unless
+//!    `description` is given), the arguments' settings, one `dep_as` per input
+//!    and a compute function that takes each input out of `Inputs` as its
+//!    parameter's type, awaits the function and converts its error.
+//!
+//! # Guarantees
+//!
+//! - An input names its upstream by the parameter's name or `#[from(path)]`,
+//!   and the dependency's key is that upstream's `Asset::KEY`, so renaming an
+//!   asset's key cannot leave a downstream pointing at the old one.
+//! - The default code version is a hash of the function's signature and body
+//!   tokens (not its doc comment, not whitespace or `//` comments): editing
+//!   the code changes it, rebuilding does not.
+//! - Misuse (a plain `fn`, generics, `self`, a return type other than
+//!   `Result<T>`, an unknown or repeated argument, a pattern as a parameter)
+//!   is a compile error at the offending tokens, and all such errors of one
+//!   function are reported together.
 
+mod args;
+mod expand;
+mod signature;
+
+use proc_macro::TokenStream;
+use quote::ToTokens;
+use syn::ItemFn;
+
+use crate::args::AssetArgs;
+
+/// Declares an asset computed by an `async fn`; see the `flowstone` crate.
+///
+/// Arguments, all optional: `key = "name"`, `key_prefix = "prefix"`,
+/// `group = "group"`, `description = "text"`, `partitions = <expr>`,
+/// `io_manager = "name"`, `retry = <expr>`, `code_version = "v2"`,
+/// `tags(name = "value", ...)`, `owners("someone@example.com", ...)`.
+/// Parameters take `#[mapping(<expr>)]` and `#[from(path)]`.
 #[proc_macro_attribute]
-pub fn asset(_attr: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn asset(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_fn: ItemFn = match syn::parse(item.clone()) {
+        Ok(item_fn) => item_fn,
+        Err(_) => {
+            let err = syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "#[asset] applies to an `async fn` returning `Result<T>`",
+            );
+            let mut out = err.to_compile_error();
+            out.extend(proc_macro2::TokenStream::from(item));
+            return out.into();
+        }
+    };
+
+    // The code version is taken before anything is changed in the function.
+    let code_version = code_version(&item_fn);
+
+    // Arguments and signature are both checked, so every error shows at once.
+    let mut args = AssetArgs::default();
+    let parser = syn::meta::parser(|meta| args.parse_one(meta));
+    let args_result = syn::parse::Parser::parse(parser, attr);
+    let read = signature::read(item_fn);
+
+    match (args_result, read) {
+        (Ok(()), Ok(asset)) => expand::expand(args, asset, code_version).into(),
+        (args_result, read) => {
+            let (item, mut errors) = match read {
+                Ok(asset) => (asset.item, None),
+                Err((item, err)) => (item, Some(err)),
+            };
+            if let Err(err) = args_result {
+                match &mut errors {
+                    Some(errors) => errors.combine(err),
+                    None => errors = Some(err),
+                }
+            }
+            let mut out = item.into_token_stream();
+            out.extend(errors.map(|err| err.to_compile_error()));
+            out.into()
+        }
+    }
+}
+
+/// The default code version: FNV-1a (64 bits, hex) of the function's
+/// signature and body as token text.
+fn code_version(item: &ItemFn) -> String {
+    let sig = &item.sig;
+    let block = &item.block;
+    fnv1a_64(quote::quote!(#sig #block).to_string().as_bytes())
+}
+
+fn fnv1a_64(bytes: &[u8]) -> String {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = bytes
+        .iter()
+        .fold(OFFSET_BASIS, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        assert_eq!(fnv1a_64(b""), "cbf29ce484222325");
+        assert_eq!(fnv1a_64(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(fnv1a_64(b"foobar"), "85944171f73967e8");
+    }
+
+    #[test]
+    fn code_version_follows_the_code_not_the_docs() {
+        let plain: ItemFn = syn::parse_quote! {
+            async fn a() -> Result<u32> { Ok(1) }
+        };
+        let documented: ItemFn = syn::parse_quote! {
+            /// Now with a doc comment.
+            async fn a() -> Result<u32> { Ok(1) }
+        };
+        let edited: ItemFn = syn::parse_quote! {
+            async fn a() -> Result<u32> { Ok(2) }
+        };
+        assert_eq!(code_version(&plain), code_version(&documented));
+        assert_ne!(code_version(&plain), code_version(&edited));
+    }
 }
