@@ -175,11 +175,20 @@ impl SqliteStore {
 }
 
 async fn migrate(conn: &mut SqliteConnection, shown: &str) -> StoreResult<()> {
+    use sqlx::migrate::MigrateError;
+
     MIGRATOR.run_direct(None, conn, false).await.map_err(|err| match err {
-        sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::Config(format!(
+        MigrateError::VersionMissing(version) => StoreError::Config(format!(
             "the SQLite database {shown} has schema version {version}, which this FlowStone \
              does not know: it was written by a newer version"
         )),
+        MigrateError::Execute(sqlx::Error::Database(db)) if db.code().as_deref() == Some("26") => {
+            // SQLITE_NOTADB: the first read of the file found no database.
+            StoreError::Config(format!(
+                "{shown} is not a SQLite database; give a new or FlowStone-made `.db` file, \
+                 or a directory"
+            ))
+        }
         other => StoreError::backend(other),
     })
 }

@@ -70,7 +70,7 @@ const CLAIM_RUN: &str = "UPDATE steps \
 const FENCE_COMPLETE: &str = "UPDATE steps \
      SET state = 'completed', finished_at = j.value ->> 3, lease_until = NULL, error = NULL \
      FROM json_each(?1) AS j \
-     WHERE steps.id = j.value ->> 0 AND steps.state = 'running' \
+     WHERE steps.id = j.value ->> 0 AND +steps.state = 'running' \
        AND steps.attempt = j.value ->> 1 AND steps.worker = j.value ->> 2 \
      RETURNING steps.id, steps.attempt, steps.worker";
 
@@ -108,7 +108,7 @@ const FENCE_FAIL: &str = "UPDATE steps \
          scheduled_at = coalesce(j.value ->> 4, steps.scheduled_at), \
          error = j.value ->> 3, finished_at = j.value ->> 5, lease_until = NULL \
      FROM json_each(?1) AS j \
-     WHERE steps.id = j.value ->> 0 AND steps.state = 'running' \
+     WHERE steps.id = j.value ->> 0 AND +steps.state = 'running' \
        AND steps.attempt = j.value ->> 1 AND steps.worker = j.value ->> 2 \
      RETURNING steps.id, steps.attempt, steps.worker, steps.state, steps.asset_key, \
          steps.partition_key";
@@ -120,12 +120,12 @@ const SKIP_DOWNSTREAM: &str = "WITH RECURSIVE down (id, cause) AS ( \
          SELECT d.downstream_id, r.value ->> 1 \
          FROM json_each(?1) AS r \
          JOIN step_deps AS d ON d.upstream_id = r.value ->> 0 \
-         JOIN steps AS s ON s.id = d.downstream_id AND s.state = 'pending' \
+         JOIN steps AS s ON s.id = d.downstream_id AND +s.state = 'pending' \
          UNION \
          SELECT d.downstream_id, down.cause \
          FROM down \
          JOIN step_deps AS d ON d.upstream_id = down.id \
-         JOIN steps AS s ON s.id = d.downstream_id AND s.state = 'pending') \
+         JOIN steps AS s ON s.id = d.downstream_id AND +s.state = 'pending') \
      UPDATE steps SET state = 'skipped', error = c.cause, finished_at = ?2 \
      FROM (SELECT id, min(cause) AS cause FROM down GROUP BY id) AS c \
      WHERE steps.id = c.id AND steps.state = 'pending' \
