@@ -302,6 +302,24 @@ impl RetryPolicy {
     }
 }
 
+/// A partition definition, or the result of building one (whose error is
+/// reported with the other definition problems).
+pub trait IntoPartitions {
+    fn into_partitions(self) -> std::result::Result<PartitionsDef, PartitionsError>;
+}
+
+impl IntoPartitions for PartitionsDef {
+    fn into_partitions(self) -> std::result::Result<PartitionsDef, PartitionsError> {
+        Ok(self)
+    }
+}
+
+impl IntoPartitions for std::result::Result<PartitionsDef, PartitionsError> {
+    fn into_partitions(self) -> std::result::Result<PartitionsDef, PartitionsError> {
+        self
+    }
+}
+
 /// One dependency of an asset.
 #[derive(Clone)]
 pub struct DepDef {
@@ -452,11 +470,8 @@ impl AssetBuilder {
 
     /// How the asset is partitioned. Takes a definition or the result of
     /// building one, so a bad definition is reported with the others.
-    pub fn partitions(
-        mut self,
-        def: impl Into<std::result::Result<PartitionsDef, PartitionsError>>,
-    ) -> Self {
-        self.partitions = Some(def.into());
+    pub fn partitions(mut self, def: impl IntoPartitions) -> Self {
+        self.partitions = Some(def.into_partitions());
         self
     }
 

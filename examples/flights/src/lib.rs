@@ -51,3 +51,7 @@ pub const TIME_ZONE: &str = "America/New_York";
 pub fn new_york() -> jiff::tz::TimeZone {
     jiff::tz::get!("America/New_York")
 }
+
+pub mod assets;
+
+pub use assets::{definitions, definitions_with};
