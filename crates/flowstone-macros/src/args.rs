@@ -76,7 +76,12 @@ impl AssetArgs {
 }
 
 /// Stores `value` in `slot`, refusing a second value for the same key.
-fn set<T>(slot: &mut Option<T>, meta: &ParseNestedMeta<'_>, name: &str, value: T) -> syn::Result<()> {
+fn set<T>(
+    slot: &mut Option<T>,
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+    value: T,
+) -> syn::Result<()> {
     if slot.is_some() {
         return Err(meta.error(format!("`{name}` is given twice; keep one of them")));
     }
@@ -89,8 +94,14 @@ fn string_value(meta: &ParseNestedMeta<'_>) -> syn::Result<LitStr> {
     let value = meta.value()?;
     let expr: Expr = value.parse()?;
     match expr {
-        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => Ok(lit),
-        other => Err(syn::Error::new_spanned(other, "expected a string literal, e.g. \"flights\"")),
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => Ok(lit),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "expected a string literal, e.g. \"flights\"",
+        )),
     }
 }
 
@@ -109,7 +120,10 @@ fn parenthesized<T>(
 }
 
 fn unknown_key_message(what: &str) -> String {
-    format!("unknown #[asset] argument {what}; expected one of: {}", KEYS.join(", "))
+    format!(
+        "unknown #[asset] argument {what}; expected one of: {}",
+        KEYS.join(", ")
+    )
 }
 
 /// One `name = "value"` pair in `tags(...)`; the name may also be a string,

@@ -9,29 +9,48 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Attribute, Expr, Ident, Lit, LitStr, Meta};
+use syn::{Attribute, Expr, Ident, ItemFn, Lit, LitStr, Meta};
 
 use crate::args::AssetArgs;
 use crate::signature::{AssetFn, Input};
 
 /// The whole expansion: the function, its type, the upstream checks and the
 /// `Asset` impl.
-pub(crate) fn expand(args: AssetArgs, asset: AssetFn, code_version: String) -> TokenStream {
-    let AssetFn { item, takes_context, inputs, output, returns } = &asset;
+pub(crate) fn expand(
+    args: AssetArgs,
+    item: &ItemFn,
+    asset: AssetFn,
+    code_version: String,
+) -> TokenStream {
+    let AssetFn {
+        takes_context,
+        inputs,
+        output,
+        returns,
+        error,
+    } = &asset;
     let name = &item.sig.ident;
     let vis = &item.vis;
     let key = full_key(&args, name);
-    let docs: Vec<&Attribute> = item.attrs.iter().filter(|attr| doc_text(attr).is_some()).collect();
+    let docs: Vec<&Attribute> = item
+        .attrs
+        .iter()
+        .filter(|attr| doc_text(attr).is_some())
+        .collect();
     let struct_doc = format!(
         "The asset `{key}`, computed by the `async fn {name}` of the same name; add it \
          with `Definitions::builder().asset::<{name}>()`."
     );
 
-    // Each input's check sits at its parameter, so that is where errors point.
-    let checks = inputs.iter().map(|input| {
+    // Each input's upstream is named once, in a check at its parameter, so
+    // that is where errors point; the rest of the expansion uses the result.
+    let upstreams: Vec<Ident> = (0..inputs.len())
+        .map(|i| format_ident!("upstream_{}", i, span = Span::mixed_site()))
+        .collect();
+    let checks = inputs.iter().zip(&upstreams).map(|(input, local)| {
         let Input { ty, upstream, .. } = input;
         quote_spanned! {ty.span()=>
-            const _: () = ::flowstone::__private::assert_upstream::<#upstream, #ty>();
+            let #local = ::flowstone::__private::assert_upstream::<#upstream, #ty>();
         }
     });
 
@@ -40,8 +59,18 @@ pub(crate) fn expand(args: AssetArgs, asset: AssetFn, code_version: String) -> T
     let output_item = quote_spanned!(output.span()=> type Output = #output;);
 
     let builder = builder_calls(&args, item.attrs.as_slice(), &code_version);
-    let deps = inputs.iter().map(dep_call);
-    let compute = compute_call(name, *takes_context, inputs, returns);
+    let deps = inputs
+        .iter()
+        .zip(&upstreams)
+        .map(|(input, local)| dep_call(input, local));
+    let compute = compute_call(
+        name,
+        *takes_context,
+        inputs,
+        &upstreams,
+        returns,
+        error.as_ref(),
+    );
 
     quote! {
         #item
@@ -55,14 +84,13 @@ pub(crate) fn expand(args: AssetArgs, asset: AssetFn, code_version: String) -> T
         #[allow(non_camel_case_types, dead_code)]
         #vis struct #name {}
 
-        #(#checks)*
-
         impl ::flowstone::__private::Asset for #name {
             #output_item
 
             const KEY: &'static str = #key;
 
             fn definition() -> ::flowstone::__private::AssetBuilder {
+                #(#checks)*
                 ::flowstone::__private::AssetBuilder::new(
                     <Self as ::flowstone::__private::Asset>::KEY,
                 )
@@ -81,9 +109,17 @@ fn full_key(args: &AssetArgs, name: &Ident) -> String {
         Some(key) => key.value(),
         None => syn::ext::IdentExt::unraw(name).to_string(),
     };
-    let prefix = args.key_prefix.as_ref().map(LitStr::value).unwrap_or_default();
+    let prefix = args
+        .key_prefix
+        .as_ref()
+        .map(LitStr::value)
+        .unwrap_or_default();
     let prefix = prefix.trim_end_matches('/');
-    if prefix.is_empty() { key } else { format!("{prefix}/{key}") }
+    if prefix.is_empty() {
+        key
+    } else {
+        format!("{prefix}/{key}")
+    }
 }
 
 /// The builder calls for the attribute's arguments, in the order of
@@ -127,9 +163,9 @@ fn builder_calls(args: &AssetArgs, attrs: &[Attribute], code_version: &str) -> T
 }
 
 /// `.dep_as(...)` for one input: the upstream's key, the parameter's name, the
-/// mapping and the type the parameter expects.
-fn dep_call(input: &Input) -> TokenStream {
-    let upstream = &input.upstream;
+/// mapping and the type the parameter expects; `upstream` holds the checked
+/// upstream.
+fn dep_call(input: &Input, upstream: &Ident) -> TokenStream {
     let dep_name = input.dep_name();
     let mapping = match &input.mapping {
         Some(mapping) => quote_spanned! {mapping.span()=>
@@ -137,21 +173,26 @@ fn dep_call(input: &Input) -> TokenStream {
         },
         None => quote!(::core::option::Option::None),
     };
-    quote_spanned! {upstream.span()=>
+    quote! {
         .dep_as(
-            <#upstream as ::flowstone::__private::Asset>::KEY,
+            #upstream.key,
             #dep_name,
             #mapping,
-            ::core::option::Option::Some(::flowstone::__private::ValueType::of::<
-                <#upstream as ::flowstone::__private::Asset>::Output,
-            >()),
+            ::core::option::Option::Some((#upstream.output)()),
         )
     }
 }
 
 /// `.compute(...)`: takes each input out of `Inputs` as its parameter's type,
 /// calls the function and turns its error into an `AssetError`.
-fn compute_call(name: &Ident, takes_context: bool, inputs: &[Input], returns: &syn::Type) -> TokenStream {
+fn compute_call(
+    name: &Ident,
+    takes_context: bool,
+    inputs: &[Input],
+    upstreams: &[Ident],
+    returns: &syn::Type,
+    error: Option<&syn::Type>,
+) -> TokenStream {
     // Mixed-site names cannot collide with the user's parameter names.
     let ctx = Ident::new("ctx", Span::mixed_site());
     let values = Ident::new("inputs", Span::mixed_site());
@@ -159,29 +200,43 @@ fn compute_call(name: &Ident, takes_context: bool, inputs: &[Input], returns: &s
         .map(|i| format_ident!("input_{}", i, span = Span::mixed_site()))
         .collect();
 
-    let takes = inputs.iter().zip(&locals).map(|(input, local)| {
-        let Input { ty, upstream, .. } = input;
-        let dep_name = input.dep_name();
-        quote_spanned! {ty.span()=>
-            let #local = #values.take::<
-                <#upstream as ::flowstone::__private::Asset>::Output,
-                #ty,
-            >(#dep_name)?;
-        }
-    });
+    let takes = inputs
+        .iter()
+        .zip(upstreams)
+        .zip(&locals)
+        .map(|((input, upstream), local)| {
+            let dep_name = input.dep_name();
+            quote!(let #local = (#upstream.take)(&mut #values, #dep_name)?;)
+        });
     let ctx_arg = takes_context.then(|| quote!(&#ctx,));
-    let ctx_param = if takes_context { quote!(#ctx) } else { quote!(_) };
-    let values_param = if inputs.is_empty() { quote!(_) } else { quote!(mut #values) };
-    let call = quote_spanned! {returns.span()=>
-        ::flowstone::__private::into_asset_result(#name(#ctx_arg #(#locals),*).await)
+    let ctx_param = if takes_context {
+        quote!(#ctx)
+    } else {
+        quote!(_)
+    };
+    let values_param = if inputs.is_empty() {
+        quote!(_)
+    } else {
+        quote!(mut #values)
+    };
+
+    // An error type that does not convert is blamed on `E`, or on the return
+    // type when `E` is hidden in an alias.
+    let result = Ident::new("result", Span::mixed_site());
+    let convert = match error {
+        Some(error) => quote_spanned! {error.span()=>
+            ::flowstone::__private::into_asset_result::<_, #error>
+        },
+        None => quote_spanned!(returns.span()=> ::flowstone::__private::into_asset_result),
     };
 
     quote! {
         .compute(
-            |#ctx_param: ::flowstone::__private::AssetContext,
-             #values_param: ::flowstone::__private::Inputs| async move {
+            move |#ctx_param: ::flowstone::__private::AssetContext,
+                  #values_param: ::flowstone::__private::Inputs| async move {
                 #(#takes)*
-                #call
+                let #result = #name(#ctx_arg #(#locals),*).await;
+                #convert(#result)
             },
         )
     }
@@ -209,7 +264,10 @@ fn doc_text(attr: &Attribute) -> Option<String> {
         return None;
     }
     match &meta.value {
-        Expr::Lit(syn::ExprLit { lit: Lit::Str(text), .. }) => Some(text.value()),
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(text),
+            ..
+        }) => Some(text.value()),
         _ => None,
     }
 }

@@ -84,26 +84,25 @@ pub fn asset(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut args = AssetArgs::default();
     let parser = syn::meta::parser(|meta| args.parse_one(meta));
     let args_result = syn::parse::Parser::parse(parser, attr);
-    let read = signature::read(item_fn);
+    let mut item_fn = item_fn;
+    let read = signature::read(&mut item_fn);
 
+    // On errors the function is still emitted (less the parameter attributes),
+    // so that its callers do not fail too.
     match (args_result, read) {
-        (Ok(()), Ok(asset)) => expand::expand(args, asset, code_version).into(),
-        (args_result, read) => {
-            let (item, mut errors) = match read {
-                Ok(asset) => (asset.item, None),
-                Err((item, err)) => (item, Some(err)),
-            };
-            if let Err(err) = args_result {
-                match &mut errors {
-                    Some(errors) => errors.combine(err),
-                    None => errors = Some(err),
-                }
-            }
-            let mut out = item.into_token_stream();
-            out.extend(errors.map(|err| err.to_compile_error()));
-            out.into()
+        (Ok(()), Ok(asset)) => expand::expand(args, &item_fn, asset, code_version).into(),
+        (Ok(()), Err(err)) | (Err(err), Ok(_)) => with_error(item_fn, err),
+        (Err(mut err), Err(more)) => {
+            err.combine(more);
+            with_error(item_fn, err)
         }
     }
+}
+
+fn with_error(item: ItemFn, err: syn::Error) -> TokenStream {
+    let mut out = item.into_token_stream();
+    out.extend(err.to_compile_error());
+    out.into()
 }
 
 /// The default code version: FNV-1a (64 bits, hex) of the function's
@@ -117,9 +116,9 @@ fn code_version(item: &ItemFn) -> String {
 fn fnv1a_64(bytes: &[u8]) -> String {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = bytes
-        .iter()
-        .fold(OFFSET_BASIS, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+    let hash = bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
     format!("{hash:016x}")
 }
 

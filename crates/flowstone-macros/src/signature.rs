@@ -12,11 +12,8 @@ use syn::{
     Type,
 };
 
-/// An `#[asset]` function, checked.
+/// The signature of an `#[asset]` function, checked.
 pub(crate) struct AssetFn {
-    /// The function as the user wrote it, less the parameter attributes this
-    /// macro reads.
-    pub(crate) item: ItemFn,
     /// Whether the first parameter is the `&AssetContext`.
     pub(crate) takes_context: bool,
     /// The other parameters, in order.
@@ -25,6 +22,8 @@ pub(crate) struct AssetFn {
     pub(crate) output: Type,
     /// The whole return type, to blame an error type that does not convert.
     pub(crate) returns: Type,
+    /// `E` in `Result<T, E>`, when written.
+    pub(crate) error: Option<Type>,
 }
 
 /// A parameter that receives the values of an upstream asset.
@@ -45,26 +44,31 @@ impl Input {
     }
 }
 
-/// What one parameter turned out to be.
-enum Param {
-    Context,
-    Input(Input),
-}
-
 /// Checks `item` and splits its signature into context, inputs and output.
-pub(crate) fn read(mut item: ItemFn) -> Result<AssetFn, (ItemFn, syn::Error)> {
+/// The `#[mapping]` and `#[from]` attributes are taken off its parameters,
+/// whether or not it has errors.
+pub(crate) fn read(item: &mut ItemFn) -> syn::Result<AssetFn> {
     let mut errors = Errors::default();
     let sig = &item.sig;
 
     // The shape of the function itself.
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(sig.fn_token.span, "#[asset] needs an `async fn`"));
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            "#[asset] needs an `async fn`",
+        ));
     }
     if let Some(unsafety) = &sig.unsafety {
-        errors.push(syn::Error::new(unsafety.span, "an #[asset] function cannot be `unsafe`"));
+        errors.push(syn::Error::new(
+            unsafety.span,
+            "an #[asset] function cannot be `unsafe`",
+        ));
     }
     if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new_spanned(abi, "an #[asset] function cannot have an ABI"));
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "an #[asset] function cannot have an ABI",
+        ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(syn::Error::new_spanned(
@@ -73,7 +77,10 @@ pub(crate) fn read(mut item: ItemFn) -> Result<AssetFn, (ItemFn, syn::Error)> {
         ));
     }
     if let Some(variadic) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(variadic, "an #[asset] function cannot be variadic"));
+        errors.push(syn::Error::new_spanned(
+            variadic,
+            "an #[asset] function cannot be variadic",
+        ));
     }
 
     // The return type, reported with the other errors if it is wrong.
@@ -84,40 +91,46 @@ pub(crate) fn read(mut item: ItemFn) -> Result<AssetFn, (ItemFn, syn::Error)> {
     let mut inputs = Vec::new();
     for (position, arg) in item.sig.inputs.iter_mut().enumerate() {
         match read_param(arg, position) {
-            Ok(Param::Context) => takes_context = true,
-            Ok(Param::Input(input)) => inputs.push(input),
+            Ok(None) => takes_context = true,
+            Ok(Some(input)) => inputs.push(input),
             Err(err) => errors.push(err),
         }
     }
 
     match (output, errors.into_error()) {
-        (Ok((output, returns)), None) => {
-            Ok(AssetFn { item, takes_context, inputs, output, returns })
-        }
-        (Ok(_), Some(err)) => Err((item, err)),
+        (Ok((output, error, returns)), None) => Ok(AssetFn {
+            takes_context,
+            inputs,
+            output,
+            returns,
+            error,
+        }),
+        (Ok(_), Some(err)) => Err(err),
         (Err(mut err), others) => {
             err.extend(others);
-            Err((item, err))
+            Err(err)
         }
     }
 }
 
-/// The value type `T` and the whole return type `Result<T, E>`; `close` is the
-/// closing parenthesis of the parameters, blamed when there is no return type.
-fn read_output(output: &ReturnType, close: Span) -> syn::Result<(Type, Type)> {
+/// `T`, `E` (when written) and the whole return type of `Result<T, E>`;
+/// `close` is the parameters' closing parenthesis, blamed when there is no
+/// return type.
+fn read_output(output: &ReturnType, close: Span) -> syn::Result<(Type, Option<Type>, Type)> {
     let message = "an #[asset] function returns `Result<T>`, where `T` is the asset's value, \
                    e.g. `flowstone::Result<Vec<Flight>>` or `anyhow::Result<Report>`";
     match output {
-        ReturnType::Type(_, ty) => match result_ok_type(ty) {
-            Some(value) => Ok((value, (**ty).clone())),
+        ReturnType::Type(_, ty) => match result_types(ty) {
+            Some((value, error)) => Ok((value, error, (**ty).clone())),
             None => Err(syn::Error::new_spanned(ty, message)),
         },
         ReturnType::Default => Err(syn::Error::new(close, message)),
     }
 }
 
-/// Reads one parameter and removes its `#[mapping]` and `#[from]` attributes.
-fn read_param(arg: &mut FnArg, position: usize) -> syn::Result<Param> {
+/// Reads one parameter, `None` for the context, and removes its `#[mapping]`
+/// and `#[from]` attributes.
+fn read_param(arg: &mut FnArg, position: usize) -> syn::Result<Option<Input>> {
     let arg = match arg {
         FnArg::Receiver(receiver) => {
             return Err(syn::Error::new_spanned(
@@ -127,13 +140,15 @@ fn read_param(arg: &mut FnArg, position: usize) -> syn::Result<Param> {
         }
         FnArg::Typed(arg) => arg,
     };
-    let (mapping, from) = take_param_attrs(&mut arg.attrs)?;
+    let attrs = take_param_attrs(&mut arg.attrs)?;
 
     // The context: `&AssetContext` in first place, under any name.
     if is_context(&arg.ty) {
-        let attr = mapping.as_ref().map(|(attr, _)| attr).or(from.as_ref().map(|(attr, _)| attr));
-        if let Some(attr) = attr {
-            return Err(syn::Error::new_spanned(attr, "the context parameter takes no attribute"));
+        if let Some(attr) = &attrs.first {
+            return Err(syn::Error::new_spanned(
+                attr,
+                "the context parameter takes no attribute",
+            ));
         }
         return match &*arg.ty {
             Type::Reference(reference) if reference.mutability.is_some() => {
@@ -142,7 +157,7 @@ fn read_param(arg: &mut FnArg, position: usize) -> syn::Result<Param> {
                     "take the context by shared reference: `ctx: &AssetContext`",
                 ))
             }
-            Type::Reference(_) if position == 0 => Ok(Param::Context),
+            Type::Reference(_) if position == 0 => Ok(None),
             Type::Reference(_) => Err(syn::Error::new_spanned(
                 &arg.ty,
                 "the context must be the first parameter of an #[asset] function",
@@ -180,58 +195,72 @@ fn read_param(arg: &mut FnArg, position: usize) -> syn::Result<Param> {
         }
         _ => {}
     }
-    let upstream = match from {
-        Some((_, path)) => path,
+    let upstream = match attrs.from {
+        Some(path) => path,
         None => Path::from(name.clone()),
     };
-    Ok(Param::Input(Input {
+    Ok(Some(Input {
         name,
         ty: (*arg.ty).clone(),
         upstream,
-        mapping: mapping.map(|(_, expr)| expr),
+        mapping: attrs.mapping,
     }))
+}
+
+/// The attributes this macro reads on a parameter.
+#[derive(Default)]
+struct ParamAttrs {
+    mapping: Option<Expr>,
+    from: Option<Path>,
+    /// The first of them, to blame where none is allowed.
+    first: Option<Attribute>,
 }
 
 /// Takes `#[mapping(expr)]` and `#[from(path)]` out of `attrs`, leaving the
 /// rest (`#[allow]`, `#[cfg_attr]`) to the compiler.
-#[allow(clippy::type_complexity)] // two optional (attribute, value) pairs read better than a struct here
-fn take_param_attrs(
-    attrs: &mut Vec<Attribute>,
-) -> syn::Result<(Option<(Attribute, Expr)>, Option<(Attribute, Path)>)> {
-    let mut mapping: Option<(Attribute, Expr)> = None;
-    let mut from: Option<(Attribute, Path)> = None;
+fn take_param_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<ParamAttrs> {
+    let mut found = ParamAttrs::default();
     let mut errors = Errors::default();
     let mut kept = Vec::with_capacity(attrs.len());
     for attr in attrs.drain(..) {
-        if attr.path().is_ident("mapping") {
+        let is_mapping = attr.path().is_ident("mapping");
+        if !is_mapping && !attr.path().is_ident("from") {
+            kept.push(attr);
+            continue;
+        }
+        let problem = if is_mapping {
             match attr.parse_args::<Expr>() {
-                Ok(_) if mapping.is_some() => {
-                    errors.push(syn::Error::new_spanned(&attr, "`#[mapping]` is given twice"));
+                Ok(_) if found.mapping.is_some() => Some("`#[mapping]` is given twice".to_owned()),
+                Ok(expr) => {
+                    found.mapping = Some(expr);
+                    None
                 }
-                Ok(expr) => mapping = Some((attr, expr)),
-                Err(err) => errors.push(with_example(err, "#[mapping(PartitionMapping::All)]")),
-            }
-        } else if attr.path().is_ident("from") {
-            match attr.parse_args::<Path>() {
-                Ok(_) if from.is_some() => {
-                    errors.push(syn::Error::new_spanned(&attr, "`#[from]` is given twice"));
-                }
-                Ok(path) => from = Some((attr, path)),
-                Err(err) => errors.push(with_example(err, "#[from(crate::flights::raw_flights)]")),
+                Err(err) => Some(format!(
+                    "{err}; expected e.g. `#[mapping(PartitionMapping::All)]`"
+                )),
             }
         } else {
-            kept.push(attr);
+            match attr.parse_args::<Path>() {
+                Ok(_) if found.from.is_some() => Some("`#[from]` is given twice".to_owned()),
+                Ok(path) => {
+                    found.from = Some(path);
+                    None
+                }
+                Err(err) => Some(format!(
+                    "{err}; expected e.g. `#[from(crate::flights::raw_flights)]`"
+                )),
+            }
+        };
+        if let Some(message) = problem {
+            errors.push(syn::Error::new_spanned(&attr, message));
         }
+        found.first.get_or_insert(attr);
     }
     *attrs = kept;
     match errors.into_error() {
         Some(err) => Err(err),
-        None => Ok((mapping, from)),
+        None => Ok(found),
     }
-}
-
-fn with_example(err: syn::Error, example: &str) -> syn::Error {
-    syn::Error::new(err.span(), format!("{err}; expected e.g. `{example}`"))
 }
 
 /// Whether `ty` is the context: `AssetContext` by any path, behind a reference
@@ -242,15 +271,18 @@ fn is_context(ty: &Type) -> bool {
         other => other,
     };
     match ty {
-        Type::Path(path) if path.qself.is_none() => {
-            path.path.segments.last().is_some_and(|last| last.ident == "AssetContext")
-        }
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "AssetContext"),
         _ => false,
     }
 }
 
-/// `T` in `Result<T>` or `Result<T, E>`, by any path ending in `Result`.
-fn result_ok_type(ty: &Type) -> Option<Type> {
+/// `T` and `E` in `Result<T>` or `Result<T, E>`, by any path ending in
+/// `Result`.
+fn result_types(ty: &Type) -> Option<(Type, Option<Type>)> {
     let Type::Path(path) = ty else {
         return None;
     };
@@ -261,11 +293,13 @@ fn result_ok_type(ty: &Type) -> Option<Type> {
     let PathArguments::AngleBracketed(args) = &last.arguments else {
         return None;
     };
-    if args.args.len() > 2 {
-        return None;
-    }
-    match args.args.first()? {
+    let mut types = args.args.iter().map(|arg| match arg {
         GenericArgument::Type(ty) => Some(ty.clone()),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(Some(value)), None, None) => Some((value, None)),
+        (Some(Some(value)), Some(Some(error)), None) => Some((value, Some(error))),
         _ => None,
     }
 }

@@ -29,8 +29,40 @@ pub mod __private {
     pub use flowstone_partitions::{PartitionMapping, PartitionsDef, PartitionsError};
 
     /// Compiles only when a parameter of type `P` can receive the output of
-    /// upstream asset `A`.
-    pub const fn assert_upstream<A: Asset, P: FromUpstream<A::Output>>() {}
+    /// upstream asset `A`; returns what the expansion needs to read it.
+    ///
+    /// This is the one place where the bound is checked: the expansion names
+    /// `A` and `P` only here, so a missing upstream or a wrong parameter type
+    /// is reported once, at the parameter.
+    pub const fn assert_upstream<A: Asset, P: FromUpstream<A::Output>>() -> Upstream<P> {
+        Upstream { key: A::KEY, output: ValueType::of::<A::Output>, take: take::<A, P> }
+    }
+
+    /// An upstream asset as one parameter receives it.
+    pub struct Upstream<P> {
+        /// The upstream's key.
+        pub key: &'static str,
+        /// The upstream's output type.
+        pub output: fn() -> ValueType,
+        /// Takes the parameter's value out of the inputs, by dependency name.
+        pub take: fn(&mut Inputs, &str) -> Result<P, AssetError>,
+    }
+
+    // By hand: a derive would require `P: Copy`, and `P` is only a return type.
+    impl<P> Clone for Upstream<P> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<P> Copy for Upstream<P> {}
+
+    fn take<A: Asset, P: FromUpstream<A::Output>>(
+        inputs: &mut Inputs,
+        dep: &str,
+    ) -> Result<P, AssetError> {
+        inputs.take::<A::Output, P>(dep)
+    }
 
     /// What `partitions = ...` accepts: a definition, or the result of
     /// building one (whose error is reported when the definitions are built).
@@ -60,7 +92,7 @@ pub mod __private {
     /// into an [`AssetError`].
     #[diagnostic::on_unimplemented(
         message = "an #[asset] function cannot return errors of type `{Self}`",
-        label = "its error type must convert into `flowstone::AssetError`",
+        label = "this error type does not convert into `flowstone::AssetError`",
         note = "return `flowstone::Result<T>`, `anyhow::Result<T>`, or `Result<T, E>` with an \
                 `E` that converts into `anyhow::Error` (a `std::error::Error + Send + Sync + \
                 'static`)"

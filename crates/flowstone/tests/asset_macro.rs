@@ -22,7 +22,9 @@ pub struct Plane {
 }
 
 fn daily() -> std::result::Result<PartitionsDef, PartitionsError> {
-    TimeWindowPartitions::daily("2024-01-01").end("2024-01-10").build()
+    TimeWindowPartitions::daily("2024-01-01")
+        .end("2024-01-10")
+        .build()
 }
 
 /// Assets in another module, reached with `#[from(path)]`.
@@ -33,7 +35,9 @@ mod fleet {
     /// Every plane of the fleet.
     #[asset(key_prefix = "fleet/")]
     pub async fn planes() -> Result<Vec<Plane>> {
-        Ok(vec![Plane { tail: "N101".into() }])
+        Ok(vec![Plane {
+            tail: "N101".into(),
+        }])
     }
 }
 
@@ -50,13 +54,25 @@ mod fleet {
 async fn raw_flights(ctx: &AssetContext) -> Result<Vec<Flight>> {
     let day = ctx.require_partition_key()?.to_string();
     Ok(vec![
-        Flight { day: day.clone(), carrier: "AA".into(), delay: 5 },
-        Flight { day, carrier: "ZZ".into(), delay: -2 },
+        Flight {
+            day: day.clone(),
+            carrier: "AA".into(),
+            delay: 5,
+        },
+        Flight {
+            day,
+            carrier: "ZZ".into(),
+            delay: -2,
+        },
     ])
 }
 
 /// Ignored: `description` wins over the doc comment.
-#[asset(description = "Airline codes.", io_manager = "memory", code_version = "v2")]
+#[asset(
+    description = "Airline codes.",
+    io_manager = "memory",
+    code_version = "v2"
+)]
 async fn airlines() -> anyhow::Result<Vec<String>> {
     Ok(vec!["AA".to_owned()])
 }
@@ -76,7 +92,10 @@ async fn cleaned_flights(
     #[from(fleet::planes)] fleet: Vec<Plane>,
 ) -> Result<Vec<Flight>> {
     let _ = (daily_weather, fleet);
-    Ok(raw_flights.into_iter().filter(|f| airlines.contains(&f.carrier)).collect())
+    Ok(raw_flights
+        .into_iter()
+        .filter(|f| airlines.contains(&f.carrier))
+        .collect())
 }
 
 /// The number of flights over every day.
@@ -102,11 +121,15 @@ fn definitions() -> Definitions {
 
 fn def<'a>(defs: &'a Definitions, key: &str) -> &'a AssetDef {
     let key = AssetKey::new(key).unwrap();
-    defs.asset(&key).unwrap_or_else(|| panic!("asset {key} is defined"))
+    defs.asset(&key)
+        .unwrap_or_else(|| panic!("asset {key} is defined"))
 }
 
 fn dep_names(def: &AssetDef) -> Vec<(&str, &str)> {
-    def.deps.iter().map(|dep| (dep.key.as_str(), dep.name.as_str())).collect()
+    def.deps
+        .iter()
+        .map(|dep| (dep.key.as_str(), dep.name.as_str()))
+        .collect()
 }
 
 #[test]
@@ -149,8 +172,18 @@ fn dependencies_come_from_parameters() {
         ]
     );
     let mappings: Vec<_> = cleaned.deps.iter().map(|dep| dep.mapping.clone()).collect();
-    assert_eq!(mappings, [None, None, Some(PartitionMapping::TimeWindow { offset: -1 }), None]);
-    let expects = cleaned.deps[3].expects.expect("the macro records the expected type");
+    assert_eq!(
+        mappings,
+        [
+            None,
+            None,
+            Some(PartitionMapping::TimeWindow { offset: -1 }),
+            None
+        ]
+    );
+    let expects = cleaned.deps[3]
+        .expects
+        .expect("the macro records the expected type");
     assert_eq!(expects.type_name(), std::any::type_name::<Vec<Plane>>());
 
     let count = def(&defs, "reports/flight_count");
@@ -164,16 +197,26 @@ fn arguments_and_doc_comments_fill_the_definition() {
     let defs = definitions();
 
     let raw = def(&defs, "raw_flights");
-    assert_eq!(raw.description.as_deref(), Some("Flights of one day.\n\nOne line per flight."));
+    assert_eq!(
+        raw.description.as_deref(),
+        Some("Flights of one day.\n\nOne line per flight.")
+    );
     assert_eq!(raw.group.as_deref(), Some("flights"));
     assert_eq!(raw.retry, RetryPolicy::exponential(3));
     assert_eq!(raw.io_manager, "default");
-    let tags: Vec<(&str, &str)> =
-        raw.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let tags: Vec<(&str, &str)> = raw
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     assert_eq!(tags, [("team", "data"), ("tier", "gold")]);
     assert_eq!(raw.owners, ["a@example.com", "b@example.com"]);
     assert_eq!(raw.partitions.as_ref(), Some(&daily().unwrap()));
-    assert!(raw.origin.0.ends_with("asset_macro::raw_flights"), "{}", raw.origin);
+    assert!(
+        raw.origin.0.ends_with("asset_macro::raw_flights"),
+        "{}",
+        raw.origin
+    );
     assert_eq!(raw.output.type_name(), std::any::type_name::<Vec<Flight>>());
 
     let airlines = def(&defs, "airlines");
@@ -185,7 +228,12 @@ fn arguments_and_doc_comments_fill_the_definition() {
 
     let weather = def(&defs, "weather");
     assert_eq!(weather.description, None);
-    assert!(weather.partitions.as_ref().is_some_and(|p| p.describe().starts_with("daily")));
+    assert!(
+        weather
+            .partitions
+            .as_ref()
+            .is_some_and(|p| p.describe().starts_with("daily"))
+    );
 }
 
 #[test]
@@ -193,28 +241,47 @@ fn code_versions_are_hashes_of_the_function_and_stable() {
     let first = definitions();
     let second = definitions();
 
-    let versions: Vec<&str> = first.assets().map(|def| def.code_version.as_str()).collect();
-    for asset in first.assets().filter(|asset| asset.key.as_str() != "airlines") {
+    let versions: Vec<&str> = first
+        .assets()
+        .map(|def| def.code_version.as_str())
+        .collect();
+    for asset in first
+        .assets()
+        .filter(|asset| asset.key.as_str() != "airlines")
+    {
         let version = &asset.code_version;
         assert_eq!(version.len(), 16, "{}: {version}", asset.key);
-        assert!(version.bytes().all(|b| b.is_ascii_hexdigit()), "{}: {version}", asset.key);
+        assert!(
+            version.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{}: {version}",
+            asset.key
+        );
         assert_eq!(&def(&second, asset.key.as_str()).code_version, version);
     }
     let mut unique = versions.clone();
     unique.sort_unstable();
     unique.dedup();
-    assert_eq!(unique.len(), versions.len(), "every function hashes differently: {versions:?}");
+    assert_eq!(
+        unique.len(),
+        versions.len(),
+        "every function hashes differently: {versions:?}"
+    );
 }
 
 #[tokio::test]
 async fn an_asset_function_is_still_a_plain_function() {
-    let ctx = AssetContext::test("raw_flights").partition("2024-01-03").build().unwrap();
+    let ctx = AssetContext::test("raw_flights")
+        .partition("2024-01-03")
+        .build()
+        .unwrap();
     let flights = raw_flights(&ctx).await.unwrap();
     assert_eq!(flights.len(), 2);
     assert_eq!(flights[0].day, "2024-01-03");
 
     let ctx = AssetContext::test("cleaned_flights").build().unwrap();
-    let cleaned = cleaned_flights(&ctx, flights, vec!["AA".into()], None, vec![]).await.unwrap();
+    let cleaned = cleaned_flights(&ctx, flights, vec!["AA".into()], None, vec![])
+        .await
+        .unwrap();
     assert_eq!(cleaned.len(), 1);
 }
 
@@ -222,8 +289,16 @@ async fn an_asset_function_is_still_a_plain_function() {
 async fn compute_takes_inputs_by_parameter_name() {
     let defs = definitions();
     let flights = vec![
-        Flight { day: "2024-01-03".into(), carrier: "AA".into(), delay: 1 },
-        Flight { day: "2024-01-03".into(), carrier: "BB".into(), delay: 2 },
+        Flight {
+            day: "2024-01-03".into(),
+            carrier: "AA".into(),
+            delay: 1,
+        },
+        Flight {
+            day: "2024-01-03".into(),
+            carrier: "BB".into(),
+            delay: 2,
+        },
     ];
 
     let cleaned = def(&defs, "cleaned_flights");
@@ -252,7 +327,11 @@ async fn compute_reports_a_missing_input() {
     let cleaned = def(&defs, "cleaned_flights");
     let ctx = AssetContext::test("cleaned_flights").build().unwrap();
     let err = cleaned.call(ctx, Inputs::empty()).await.unwrap_err();
-    assert!(err.to_string().contains("input raw_flights expects exactly one"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("input raw_flights expects exactly one"),
+        "{err}"
+    );
     assert!(!err.is_retryable());
 }
 
@@ -265,7 +344,10 @@ async fn errors_of_other_types_become_asset_errors() {
 
     let defs = Definitions::builder().asset::<parsed>().build().unwrap();
     let ctx = AssetContext::test("parsed").build().unwrap();
-    let err = def(&defs, "parsed").call(ctx, Inputs::empty()).await.unwrap_err();
+    let err = def(&defs, "parsed")
+        .call(ctx, Inputs::empty())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("invalid digit"), "{err}");
     assert!(err.is_retryable());
 }

@@ -1,0 +1,8 @@
+use flowstone::{Result, asset};
+
+#[asset(group = "flights", group = "weather")]
+async fn raw_flights() -> Result<Vec<u32>> {
+    Ok(vec![1, 2, 3])
+}
+
+fn main() {}
