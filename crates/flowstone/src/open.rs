@@ -41,7 +41,7 @@ pub async fn open_store(
     let describe = store.describe();
     let storage = match storage {
         Some(dir) => dir.to_path_buf(),
-        None => Path::new(&describe)
+        None => Path::new(describe.strip_prefix("sqlite://").unwrap_or(&describe))
             .parent()
             .map(|dir| dir.join("storage"))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE).join("storage")),
