@@ -22,13 +22,7 @@ pub(crate) fn expand(
     asset: AssetFn,
     code_version: String,
 ) -> TokenStream {
-    let AssetFn {
-        takes_context,
-        inputs,
-        output,
-        returns,
-        error,
-    } = &asset;
+    let AssetFn { inputs, output, .. } = &asset;
     let name = &item.sig.ident;
     let vis = &item.vis;
     let key = full_key(&args, name);
@@ -58,19 +52,13 @@ pub(crate) fn expand(
     // asset) point at the return type.
     let output_item = quote_spanned!(output.span()=> type Output = #output;);
 
-    let builder = builder_calls(&args, item.attrs.as_slice(), &code_version);
+    let builder = Ident::new("builder", Span::mixed_site());
+    let settings = builder_calls(&args, item.attrs.as_slice(), &code_version);
     let deps = inputs
         .iter()
         .zip(&upstreams)
         .map(|(input, local)| dep_call(input, local));
-    let compute = compute_call(
-        name,
-        *takes_context,
-        inputs,
-        &upstreams,
-        returns,
-        error.as_ref(),
-    );
+    let compute = compute_call(&builder, name, &asset, &upstreams);
 
     quote! {
         #item
@@ -91,12 +79,12 @@ pub(crate) fn expand(
 
             fn definition() -> ::flowstone::__private::AssetBuilder {
                 #(#checks)*
-                ::flowstone::__private::AssetBuilder::new(
+                let #builder = ::flowstone::__private::AssetBuilder::new(
                     <Self as ::flowstone::__private::Asset>::KEY,
                 )
                 .origin(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name)))
-                #builder
-                #(#deps)*
+                #settings
+                #(#deps)*;
                 #compute
             }
         }
@@ -183,16 +171,23 @@ fn dep_call(input: &Input, upstream: &Ident) -> TokenStream {
     }
 }
 
-/// `.compute(...)`: takes each input out of `Inputs` as its parameter's type,
-/// calls the function and turns its error into an `AssetError`.
+/// `compute(builder, ...)`: takes each input out of `Inputs` as its
+/// parameter's type, calls the function and turns its error into an
+/// `AssetError`.
 fn compute_call(
+    builder: &Ident,
     name: &Ident,
-    takes_context: bool,
-    inputs: &[Input],
+    asset: &AssetFn,
     upstreams: &[Ident],
-    returns: &syn::Type,
-    error: Option<&syn::Type>,
 ) -> TokenStream {
+    let AssetFn {
+        takes_context,
+        inputs,
+        returns,
+        error,
+        ..
+    } = asset;
+
     // Mixed-site names cannot collide with the user's parameter names.
     let ctx = Ident::new("ctx", Span::mixed_site());
     let values = Ident::new("inputs", Span::mixed_site());
@@ -209,7 +204,7 @@ fn compute_call(
             quote!(let #local = (#upstream.take)(&mut #values, #dep_name)?;)
         });
     let ctx_arg = takes_context.then(|| quote!(&#ctx,));
-    let ctx_param = if takes_context {
+    let ctx_param = if *takes_context {
         quote!(#ctx)
     } else {
         quote!(_)
@@ -230,16 +225,17 @@ fn compute_call(
         None => quote_spanned!(returns.span()=> ::flowstone::__private::into_asset_result),
     };
 
-    quote! {
-        .compute(
-            move |#ctx_param: ::flowstone::__private::AssetContext,
-                  #values_param: ::flowstone::__private::Inputs| async move {
-                #(#takes)*
-                let #result = #name(#ctx_arg #(#locals),*).await;
-                #convert(#result)
-            },
-        )
-    }
+    // Errors of the future itself (not `Send`) point at the function's name.
+    let compute = quote_spanned!(name.span()=> ::flowstone::__private::compute::<Self, _, _>);
+    let closure = quote_spanned! {name.span()=>
+        move |#ctx_param: ::flowstone::__private::AssetContext,
+              #values_param: ::flowstone::__private::Inputs| async move {
+            #(#takes)*
+            let #result = #name(#ctx_arg #(#locals),*).await;
+            #convert(#result)
+        }
+    };
+    quote_spanned!(name.span()=> #compute(#builder, #closure))
 }
 
 /// The description from the doc comment: its lines, less the space after

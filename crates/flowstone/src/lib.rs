@@ -28,6 +28,8 @@ pub mod __private {
     pub use flowstone_core::value::ValueType;
     pub use flowstone_partitions::{PartitionMapping, PartitionsDef, PartitionsError};
 
+    use std::future::Future;
+
     /// Compiles only when a parameter of type `P` can receive the output of
     /// upstream asset `A`; returns what the expansion needs to read it.
     ///
@@ -62,6 +64,18 @@ pub mod __private {
         dep: &str,
     ) -> Result<P, AssetError> {
         inputs.take::<A::Output, P>(dep)
+    }
+
+    /// `builder.compute(f)` for asset `A`: the value type is `A::Output`,
+    /// whose bounds the `Asset` impl already checks, so a value type that is
+    /// not serializable is reported once, at the return type.
+    pub fn compute<A, F, Fut>(builder: AssetBuilder, f: F) -> AssetBuilder
+    where
+        A: Asset,
+        F: Fn(AssetContext, Inputs) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<A::Output, AssetError>> + Send + 'static,
+    {
+        builder.compute(f)
     }
 
     /// What `partitions = ...` accepts: a definition, or the result of
