@@ -118,7 +118,6 @@ CREATE TABLE materializations (
 -- The latest materialization of a partition is the one with the highest id.
 CREATE INDEX materializations_by_target ON materializations (asset_key, partition_key, id);
 CREATE INDEX materializations_by_run ON materializations (run_id, id);
-CREATE INDEX materializations_by_step ON materializations (step_id);
 
 -- Lineage: the materialization `consumer_id` read `input_id`.
 CREATE TABLE lineage (

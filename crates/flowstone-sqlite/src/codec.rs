@@ -195,4 +195,4 @@ pub(crate) const INSERT_EVENTS: &str = "INSERT INTO events \
      (run_id, step_id, at, kind, level, message, data) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
             value -> 6 \
-     FROM json_each(?1) ORDER BY key";
+     FROM jsonb_each(?1) ORDER BY key";

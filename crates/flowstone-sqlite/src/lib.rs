@@ -140,7 +140,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .pragma("cache_size", "-32768");
+            .pragma("cache_size", "-32768")
+            .pragma("temp_store", "memory")
+            .row_buffer_size(1024);
 
         // The writer connects first: it creates the file and the schema.
         let mut writer = SqliteConnection::connect_with(&options).await.map_err(|err| {

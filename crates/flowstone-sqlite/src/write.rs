@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use flowstone_core::store::{
     ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent, NewRun, Outcome,
-    RunRecord, RunState, StepCounts, StepState, StoreError, StoreResult, Trigger, WorkerRecord,
+    RunRecord, RunState, StepCounts, StepState, StoreError, StoreResult, WorkerRecord,
 };
 use flowstone_core::{AssetPartition, MaterializationId, RunId, StepId, WorkerId};
 use jiff::Timestamp;
@@ -44,7 +44,9 @@ const CLAIM_ANY: &str = "UPDATE steps \
                  ORDER BY priority DESC, scheduled_at, id LIMIT ?4)) \
          ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
      RETURNING id, run_id, asset_key, partition_key, attempt, max_attempts, priority, \
-         scheduled_at";
+         scheduled_at, \
+         (SELECT triggered_by FROM runs WHERE runs.id = steps.run_id) AS triggered_by, \
+         (SELECT user_name FROM runs WHERE runs.id = steps.run_id) AS user_name";
 
 /// Claims from one run (`?5`).
 const CLAIM_RUN: &str = "UPDATE steps \
@@ -63,13 +65,15 @@ const CLAIM_RUN: &str = "UPDATE steps \
                  ORDER BY priority DESC, scheduled_at, id LIMIT ?4)) \
          ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
      RETURNING id, run_id, asset_key, partition_key, attempt, max_attempts, priority, \
-         scheduled_at";
+         scheduled_at, \
+         (SELECT triggered_by FROM runs WHERE runs.id = steps.run_id) AS triggered_by, \
+         (SELECT user_name FROM runs WHERE runs.id = steps.run_id) AS user_name";
 
 /// Moves running steps to completed, checking attempt and worker; items are
 /// `[step, attempt, worker, finished_at]`. Returns the claims that moved.
 const FENCE_COMPLETE: &str = "UPDATE steps \
      SET state = 'completed', finished_at = j.value ->> 3, lease_until = NULL, error = NULL \
-     FROM json_each(?1) AS j \
+     FROM jsonb_each(?1) AS j \
      WHERE steps.id = j.value ->> 0 AND +steps.state = 'running' \
        AND steps.attempt = j.value ->> 1 AND steps.worker = j.value ->> 2 \
      RETURNING steps.id, steps.attempt, steps.worker";
@@ -82,12 +86,12 @@ const INSERT_MATERIALIZATIONS: &str = "INSERT INTO materializations \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
             value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value -> 11, \
             value ->> 12, value ->> 13 \
-     FROM json_each(?1) ORDER BY key \
+     FROM jsonb_each(?1) ORDER BY key \
      RETURNING id, step_id";
 
 /// Items are `[consumer, input]`.
 const INSERT_LINEAGE: &str = "INSERT INTO lineage (consumer_id, input_id) \
-     SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true \
+     SELECT value ->> 0, value ->> 1 FROM jsonb_each(?1) WHERE true \
      ON CONFLICT DO NOTHING";
 
 /// Counts the completion of the steps in `?1` against their downstream steps;
@@ -97,7 +101,7 @@ const RELEASE_DOWNSTREAM: &str = "UPDATE steps \
          state = CASE WHEN steps.state = 'pending' AND steps.upstream_remaining - d.n <= 0 \
                       THEN 'available' ELSE steps.state END \
      FROM (SELECT downstream_id, count(*) AS n FROM step_deps \
-           WHERE upstream_id IN (SELECT value FROM json_each(?1)) \
+           WHERE upstream_id IN (SELECT value FROM jsonb_each(?1)) \
            GROUP BY downstream_id) AS d \
      WHERE steps.id = d.downstream_id";
 
@@ -107,7 +111,7 @@ const FENCE_FAIL: &str = "UPDATE steps \
      SET state = CASE WHEN j.value ->> 4 IS NULL THEN 'failed' ELSE 'retryable' END, \
          scheduled_at = coalesce(j.value ->> 4, steps.scheduled_at), \
          error = j.value ->> 3, finished_at = j.value ->> 5, lease_until = NULL \
-     FROM json_each(?1) AS j \
+     FROM jsonb_each(?1) AS j \
      WHERE steps.id = j.value ->> 0 AND +steps.state = 'running' \
        AND steps.attempt = j.value ->> 1 AND steps.worker = j.value ->> 2 \
      RETURNING steps.id, steps.attempt, steps.worker, steps.state, steps.asset_key, \
@@ -118,7 +122,7 @@ const FENCE_FAIL: &str = "UPDATE steps \
 /// pending, whose own downstream steps were dealt with when they left pending.
 const SKIP_DOWNSTREAM: &str = "WITH RECURSIVE down (id, cause) AS ( \
          SELECT d.downstream_id, r.value ->> 1 \
-         FROM json_each(?1) AS r \
+         FROM jsonb_each(?1) AS r \
          JOIN step_deps AS d ON d.upstream_id = r.value ->> 0 \
          JOIN steps AS s ON s.id = d.downstream_id AND +s.state = 'pending' \
          UNION \
@@ -204,7 +208,7 @@ impl SqliteStore {
                      max_attempts, priority, scheduled_at, upstream_remaining) \
                  SELECT value ->> 0, ?1, value ->> 1, value ->> 2, value ->> 3, 0, \
                      value ->> 4, value ->> 5, ?2, value ->> 6 \
-                 FROM json_each(?3)",
+                 FROM jsonb_each(?3)",
             )
             .bind(run.id.to_string())
             .bind(micros(run.created_at))
@@ -222,7 +226,7 @@ impl SqliteStore {
         for chunk in edges.chunks(INSERT_CHUNK) {
             sqlx::query(
                 "INSERT INTO step_deps (upstream_id, downstream_id) \
-                 SELECT value ->> 0, value ->> 1 FROM json_each(?1)",
+                 SELECT value ->> 0, value ->> 1 FROM jsonb_each(?1)",
             )
             .bind(serde_json::Value::Array(chunk.to_vec()).to_string())
             .execute(&mut *tx)
@@ -256,7 +260,8 @@ impl SqliteStore {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
 
-        // Claim: one statement picks the ready steps in order and takes them.
+        // Claim: one statement picks the ready steps in order, takes them and
+        // reads their runs' trigger and user.
         let query = match req.run {
             Some(_) => sqlx::query(CLAIM_RUN),
             None => sqlx::query(CLAIM_ANY),
@@ -270,42 +275,14 @@ impl SqliteStore {
             query = query.bind(run.to_string());
         }
         let rows = query.fetch_all(&mut *tx).await.db()?;
-        if rows.is_empty() {
-            tx.commit().await.db()?;
-            return Ok(Vec::new());
-        }
-
-        // The runs' trigger and user, read once per run rather than per step.
-        let mut run_ids: Vec<String> = Vec::new();
-        for row in &rows {
-            let run: String = row.try_get("run_id").db()?;
-            if !run_ids.contains(&run) {
-                run_ids.push(run);
-            }
-        }
-        let run_rows = sqlx::query(
-            "SELECT id, triggered_by, user_name FROM runs \
-             WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(serde_json::to_string(&run_ids).unwrap_or_default())
-        .fetch_all(&mut *tx)
-        .await
-        .db()?;
         tx.commit().await.db()?;
 
-        let mut runs: HashMap<String, (Trigger, String)> = HashMap::new();
-        for row in run_rows {
-            let trigger: String = row.try_get("triggered_by").db()?;
-            runs.insert(
-                row.try_get("id").db()?,
-                (trigger.parse()?, row.try_get("user_name").db()?),
-            );
-        }
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             let run: String = row.try_get("run_id").db()?;
-            let (trigger, user) = runs.get(&run).cloned().ok_or_else(|| {
-                StoreError::Corrupt(format!("step of run {run}, which has no runs row"))
+            let trigger: Option<String> = row.try_get("triggered_by").db()?;
+            let trigger = trigger.ok_or_else(|| {
+                StoreError::Corrupt(format!("a step of run {run}, which has no runs row"))
             })?;
             let order: (i64, i64, i64) = (
                 row.try_get("priority").db()?,
@@ -321,8 +298,8 @@ impl SqliteStore {
                     "steps.max_attempts",
                     row.try_get("max_attempts").db()?,
                 )?,
-                trigger,
-                user,
+                trigger: trigger.parse()?,
+                user: row.try_get::<Option<String>, _>("user_name").db()?.unwrap_or_default(),
             };
             claimed.push((order, step));
         }
@@ -545,7 +522,7 @@ impl SqliteStore {
 
         let rows = sqlx::query(
             "UPDATE steps SET state = 'available', lease_until = NULL \
-             WHERE state = 'running' AND worker IN (SELECT value FROM json_each(?1)) \
+             WHERE state = 'running' AND worker IN (SELECT value FROM jsonb_each(?1)) \
                AND (?2 IS NULL OR run_id = ?2) \
              RETURNING id, run_id, worker, attempt",
         )
@@ -600,7 +577,7 @@ impl SqliteStore {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
         let changed = sqlx::query(
             "UPDATE runs SET state = ?1, finished_at = ?2 \
-             WHERE id = ?3 AND state IN (SELECT value FROM json_each(?4))",
+             WHERE id = ?3 AND state IN (SELECT value FROM jsonb_each(?4))",
         )
         .bind(to.as_str())
         .bind(finished_at)
