@@ -23,14 +23,22 @@
 //!    struct lives only in the type namespace, so it and the function share
 //!    the name without clashing; it is what `Definitions::builder().asset::<_>()`
 //!    takes and what a downstream parameter named `cleaned_flights` refers to;
-//! 3. one `const _: () = assert_upstream::<Upstream, ParamType>();` per input,
-//!    carrying the parameter's span: a missing upstream asset or a parameter
-//!    type that cannot receive the upstream's output fails to compile there;
-//! 4. `impl Asset for cleaned_flights`, whose `definition()` is an
-//!    `AssetBuilder` with the key, origin, description (the doc comment unless
-//!    `description` is given), the arguments' settings, one `dep_as` per input
-//!    and a compute function that takes each input out of `Inputs` as its
-//!    parameter's type, awaits the function and converts its error.
+//! 3. `impl Asset for cleaned_flights`, with `type Output = T` (spanned at
+//!    `T`, so a value type that is not serializable is blamed there) and a
+//!    `definition()` that builds an `AssetBuilder`: key, origin, description
+//!    (the doc comment unless `description` is given), the arguments'
+//!    settings, and the code version;
+//! 4. inside `definition()`, one `assert_upstream::<Upstream, ParamType>()`
+//!    per input, carrying the parameter's span. It is the only place the
+//!    upstream is named and the only place `ParamType: FromUpstream<_>` is
+//!    required, so a missing upstream ("cannot find type") or a parameter type
+//!    that cannot receive the upstream's output is one error, at the
+//!    parameter. It returns the upstream's key, output type and a function
+//!    taking the value out of `Inputs`, which the `dep_as` call and the
+//!    compute function use;
+//! 5. a compute function that takes each input, awaits the function and
+//!    converts its error with `into_asset_result` (spanned at `E`, so an
+//!    error type that does not convert is blamed there).
 //!
 //! # Guarantees
 //!
@@ -39,7 +47,9 @@
 //!   asset's key cannot leave a downstream pointing at the old one.
 //! - The default code version is a hash of the function's signature and body
 //!   tokens (not its doc comment, not whitespace or `//` comments): editing
-//!   the code changes it, rebuilding does not.
+//!   the code changes it, rebuilding does not. The token text is printed by
+//!   the compiler, so a toolchain that prints tokens differently changes
+//!   every default code version once.
 //! - Misuse (a plain `fn`, generics, `self`, a return type other than
 //!   `Result<T>`, an unknown or repeated argument, a pattern as a parameter)
 //!   is a compile error at the offending tokens, and all such errors of one
@@ -55,13 +65,31 @@ use syn::ItemFn;
 
 use crate::args::AssetArgs;
 
-/// Declares an asset computed by an `async fn`; see the `flowstone` crate.
+/// Declares an asset computed by an `async fn`.
 ///
-/// Arguments, all optional: `key = "name"`, `key_prefix = "prefix"`,
-/// `group = "group"`, `description = "text"`, `partitions = <expr>`,
-/// `io_manager = "name"`, `retry = <expr>`, `code_version = "v2"`,
-/// `tags(name = "value", ...)`, `owners("someone@example.com", ...)`.
-/// Parameters take `#[mapping(<expr>)]` and `#[from(path)]`.
+/// The function may take `&AssetContext` first, then one parameter per
+/// upstream asset, named after it (or named freely with `#[from(path)]`), and
+/// returns `Result<T>` or `Result<T, E>` with `E` convertible into
+/// `AssetError`. A parameter of type `T` receives one upstream partition,
+/// `Option<T>` at most one and `Partitioned<T>` any number.
+///
+/// Arguments, all optional:
+///
+/// | argument | value | default |
+/// | --- | --- | --- |
+/// | `key` | string | the function's name |
+/// | `key_prefix` | string, `"a/b"` | none; the key becomes `prefix/key` |
+/// | `group` | string | none |
+/// | `description` | string | the doc comment |
+/// | `partitions` | `PartitionsDef` or `Result<PartitionsDef, PartitionsError>` | unpartitioned |
+/// | `io_manager` | string | `"default"` |
+/// | `retry` | `RetryPolicy` | `RetryPolicy::none()` |
+/// | `code_version` | string | a hash of the function's code |
+/// | `tags(name = "value", "odd-name" = "value")` | string pairs | none |
+/// | `owners("a@example.com", ...)` | strings | none |
+///
+/// Parameter attributes: `#[mapping(<PartitionMapping>)]` and
+/// `#[from(path::to::upstream)]`.
 #[proc_macro_attribute]
 pub fn asset(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item_fn: ItemFn = match syn::parse(item.clone()) {
