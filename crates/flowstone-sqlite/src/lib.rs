@@ -10,8 +10,8 @@
 //!   and, thanks to WAL, never wait for the writer.
 //! - Set-based batches. A batch of claims, completions or failures is a fixed
 //!   handful of statements whatever its size: the items travel as one JSON array
-//!   parameter read with `json_each`, so the cost per step is SQLite's work, not
-//!   a round trip to the connection's thread.
+//!   parameter read with `jsonb_each` (parsed once per statement), so the cost
+//!   per step is SQLite's work, not a round trip to the connection's thread.
 //! - Fencing. Each step state change is one `UPDATE` whose `WHERE` checks the
 //!   prior state (and, for a running step, the attempt and the worker). An item
 //!   that matches no row is [`Outcome::Fenced`] and nothing else is written for
@@ -160,11 +160,9 @@ impl SqliteStore {
                 StoreError::Config(format!("cannot open the SQLite database {shown}: {err}"))
             })?;
 
-        Ok(SqliteStore {
-            describe: format!("sqlite://{}", absolute(path).display()),
-            writer: Mutex::new(writer),
-            readers: Some(readers),
-        })
+        let describe = format!("sqlite://{}", absolute(path).display());
+        tracing::debug!(store = %describe, "opened");
+        Ok(SqliteStore { describe, writer: Mutex::new(writer), readers: Some(readers) })
     }
 
     /// A connection to read with.

@@ -44,7 +44,7 @@ macro_rules! lineage_query {
             $to,
             " WHERE l.",
             $from,
-            " IN (SELECT value FROM json_each(?1)) ORDER BY l.",
+            " IN (SELECT value FROM jsonb_each(?1)) ORDER BY l.",
             $from,
             ", l.",
             $to
@@ -195,7 +195,7 @@ impl SqliteStore {
                   SELECT (SELECT max(x.id) FROM materializations x \
                           WHERE x.asset_key = t.value ->> 0 \
                             AND x.partition_key IS t.value ->> 1) \
-                  FROM json_each(?1) AS t)"
+                  FROM jsonb_each(?1) AS t)"
         );
         let rows = sqlx::query(sql)
             .bind(serde_json::Value::Array(items).to_string())
@@ -337,7 +337,7 @@ async fn step_counts(
     let ids: Vec<String> = runs.iter().map(|r| r.to_string()).collect();
     let rows = sqlx::query(
         "SELECT run_id, state, count(*) AS n FROM steps \
-         WHERE run_id IN (SELECT value FROM json_each(?1)) GROUP BY run_id, state",
+         WHERE run_id IN (SELECT value FROM jsonb_each(?1)) GROUP BY run_id, state",
     )
     .bind(serde_json::to_string(&ids).unwrap_or_default())
     .fetch_all(&mut *conn)
