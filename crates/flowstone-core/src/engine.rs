@@ -74,6 +74,7 @@ impl RunRequest {
                 partitions,
                 with_upstream: false,
                 skip_materialized: false,
+                leave_out_unready: false,
             },
             trigger: Trigger::Api,
             max_parallel: worker::default_parallelism(),
@@ -89,6 +90,7 @@ impl RunRequest {
                 partitions,
                 with_upstream: false,
                 skip_materialized: true,
+                leave_out_unready: true,
             },
             trigger: Trigger::Backfill,
             max_parallel: worker::default_parallelism(),
@@ -179,10 +181,12 @@ impl RunHandle {
 /// What [`Engine::launch`] did.
 #[allow(clippy::large_enum_variant, reason = "made once per launch; a box buys nothing")]
 pub enum Launch {
-    /// Every selected asset partition is already materialized.
-    NothingToDo { already_materialized: u64 },
+    /// Every selected asset partition is already materialized. The plan's
+    /// counts say what was left out.
+    NothingToDo { plan: Plan },
     /// A run was created and is being worked on.
-    Started { run: RunRecord, plan_steps: usize, already_materialized: u64, handle: RunHandle },
+    /// `plan` has its counts; its steps are in the run.
+    Started { run: RunRecord, plan: Plan, handle: RunHandle },
 }
 
 /// FlowStone's entry point for a program: definitions plus a store.
@@ -275,16 +279,10 @@ impl Engine {
     pub async fn launch(&self, request: RunRequest) -> Result<Launch, EngineError> {
         let (plan, run) = self.submit(&request).await?;
         let Some(run) = run else {
-            return Ok(Launch::NothingToDo { already_materialized: plan.already_materialized });
+            return Ok(Launch::NothingToDo { plan });
         };
-        let plan_steps = run.steps.total() as usize;
         let handle = self.work_on(run.id, request.max_parallel);
-        Ok(Launch::Started {
-            run,
-            plan_steps,
-            already_materialized: plan.already_materialized,
-            handle,
-        })
+        Ok(Launch::Started { run, plan, handle })
     }
 
     /// Launches and waits; `None` when there was nothing to do.

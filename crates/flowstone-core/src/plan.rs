@@ -43,6 +43,9 @@ pub struct Selection {
     /// Leave out asset partitions that are already materialized and whose
     /// latest step did not fail (what a backfill does unless `--force`).
     pub skip_materialized: bool,
+    /// Leave out asset partitions whose upstream is missing (and not planned)
+    /// instead of refusing the plan; what a backfill does.
+    pub leave_out_unready: bool,
 }
 
 /// A user's selection that cannot be planned, or a store failure.
@@ -85,6 +88,11 @@ pub struct Plan {
     pub steps: Vec<NewStep>,
     /// Asset partitions left out because they were already materialized.
     pub already_materialized: u64,
+    /// Asset partitions left out of a backfill because an upstream partition
+    /// they read is not materialized and not in the plan.
+    pub left_out: u64,
+    /// A few of those missing upstream partitions.
+    pub left_out_examples: Vec<String>,
     /// A one-line description of the selection.
     pub description: String,
 }
@@ -120,7 +128,7 @@ pub async fn plan(
     };
 
     // The selected asset partitions.
-    let range_window = range_as_time(&selected, &selection.partitions, now);
+    let range_window = range_as_time(&selected, &selection.partitions, now)?;
     let mut targets: Vec<AssetPartition> = Vec::new();
     for def in &selected {
         targets.extend(select_partitions(def, &selection.partitions, range_window, now)?);
@@ -171,76 +179,112 @@ pub async fn plan(
     keyed.sort_by_key(|(index, _)| *index);
     let targets: Vec<AssetPartition> = keyed.into_iter().map(|(_, t)| t).collect();
 
-    // Link each step to its upstream steps; collect what must exist already.
+    // Each step's upstream: in the plan, or outside it (and then it must exist).
     let position: HashMap<&AssetPartition, usize> =
         targets.iter().enumerate().map(|(i, t)| (t, i)).collect();
-    let mut steps = Vec::with_capacity(targets.len());
+    let mut links: Vec<(Vec<usize>, Vec<AssetPartition>)> = Vec::with_capacity(targets.len());
     let mut external: BTreeSet<AssetPartition> = BTreeSet::new();
     for target in &targets {
         let def = defs.asset(&target.asset).expect("planned assets are defined");
-        let mut upstream = Vec::new();
+        let mut inside = Vec::new();
+        let mut outside = Vec::new();
         for up in upstream_targets(defs, def, target.partition.as_ref(), now)? {
             match position.get(&up) {
-                Some(&i) => upstream.push(i),
+                Some(&i) => inside.push(i),
                 None => {
-                    external.insert(up);
+                    external.insert(up.clone());
+                    outside.push(up);
                 }
             }
         }
-        upstream.sort_unstable();
-        upstream.dedup();
+        inside.sort_unstable();
+        inside.dedup();
+        links.push((inside, outside));
+    }
+    let wanted: Vec<AssetPartition> = external.into_iter().collect();
+    let mut have = HashSet::new();
+    for chunk in wanted.chunks(500) {
+        for record in store.latest_materializations(chunk).await? {
+            have.insert(record.target);
+        }
+    }
+
+    // A step whose upstream is missing cannot run: a materialize refuses the
+    // plan; a backfill leaves it out, with everything downstream of it.
+    let mut blocked: Vec<Option<AssetPartition>> = vec![None; targets.len()];
+    for (i, (inside, outside)) in links.iter().enumerate() {
+        let missing = outside.iter().find(|up| !have.contains(*up)).cloned();
+        let upstream_blocked = inside.iter().find_map(|&j| blocked[j].clone());
+        blocked[i] = missing.or(upstream_blocked);
+    }
+    let missing: BTreeSet<&AssetPartition> = blocked.iter().flatten().collect();
+    let left_out = blocked.iter().filter(|b| b.is_some()).count() as u64;
+    if left_out > 0 && (!selection.leave_out_unready || left_out == targets.len() as u64) {
+        let examples: Vec<String> = missing.iter().take(5).map(|t| t.to_string()).collect();
+        return Err(PlanError::MissingUpstream {
+            count: missing.len(),
+            examples: examples.join(", "),
+        });
+    }
+
+    // The steps, renumbered without those left out.
+    let mut renumber = vec![usize::MAX; targets.len()];
+    let mut steps = Vec::with_capacity(targets.len() - left_out as usize);
+    for (i, (target, (inside, _))) in targets.iter().zip(links).enumerate() {
+        if blocked[i].is_some() {
+            continue;
+        }
+        renumber[i] = steps.len();
+        let def = defs.asset(&target.asset).expect("planned assets are defined");
         steps.push(NewStep {
             target: target.clone(),
-            upstream,
+            upstream: inside.into_iter().map(|j| renumber[j]).collect(),
             max_attempts: def.retry.max_attempts,
             priority: 0,
         });
     }
-
-    // Upstream partitions outside the plan must have a materialization.
-    if !external.is_empty() {
-        let wanted: Vec<AssetPartition> = external.iter().cloned().collect();
-        let mut have = HashSet::new();
-        for chunk in wanted.chunks(500) {
-            for record in store.latest_materializations(chunk).await? {
-                have.insert(record.target);
-            }
-        }
-        let missing: Vec<&AssetPartition> = wanted.iter().filter(|t| !have.contains(*t)).collect();
-        if !missing.is_empty() {
-            let examples: Vec<String> = missing.iter().take(5).map(|t| t.to_string()).collect();
-            return Err(PlanError::MissingUpstream {
-                count: missing.len(),
-                examples: examples.join(", "),
-            });
-        }
-    }
+    let left_out_examples = missing.iter().take(3).map(|t| t.to_string()).collect();
 
     Ok(Plan {
         steps,
         already_materialized,
+        left_out,
+        left_out_examples,
         description: describe(&selected, selection),
     })
 }
 
 /// The time span of a `Range` selection, taken from the first selected
 /// time-partitioned asset whose keys the range is written in.
+///
+/// # Errors
+///
+/// When `from` comes after `to` there.
 fn range_as_time(
     selected: &[&AssetDef],
     partitions: &PartitionSelection,
     now: Timestamp,
-) -> Option<TimeWindow> {
+) -> Result<Option<TimeWindow>, PlanError> {
     let PartitionSelection::Range { from, to } = partitions else {
-        return None;
+        return Ok(None);
     };
-    selected.iter().find_map(|def| {
-        let p = def.partitions.as_ref()?;
-        let from = p.parse_key(from, now).ok()?;
-        let to = p.parse_key(to, now).ok()?;
-        let start = p.time_window(&from)?.start;
-        let end = p.time_window(&to)?.end;
-        (start < end).then_some(TimeWindow { start, end })
-    })
+    for def in selected {
+        let Some(p) = def.partitions.as_ref() else { continue };
+        let (Ok(from_key), Ok(to_key)) = (p.parse_key(from, now), p.parse_key(to, now)) else {
+            continue;
+        };
+        let (Some(first), Some(last)) = (p.time_window(&from_key), p.time_window(&to_key)) else {
+            continue;
+        };
+        if first.start > last.start {
+            return Err(PlanError::BadPartition {
+                asset: def.key.clone(),
+                message: format!("the range starts at {from}, after its end {to}; swap them"),
+            });
+        }
+        return Ok(Some(TimeWindow { start: first.start, end: last.end }));
+    }
+    Ok(None)
 }
 
 fn select_partitions(

@@ -115,7 +115,7 @@ async fn second_backfill_does_nothing_and_force_reruns() {
     engine.run(all()).await.unwrap().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 10);
     match engine.launch(all()).await.unwrap() {
-        Launch::NothingToDo { already_materialized } => assert_eq!(already_materialized, 23),
+        Launch::NothingToDo { plan } => assert_eq!(plan.already_materialized, 23),
         Launch::Started { .. } => panic!("a second backfill must do nothing"),
     }
     let forced = engine.run(all().force(true)).await.unwrap().unwrap();

@@ -80,6 +80,7 @@ pub struct MaterializeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("range").required(true).args(["all", "from"]))]
 pub struct BackfillArgs {
     /// Asset keys to backfill [default: every asset].
     #[arg(value_name = "ASSET")]
@@ -94,7 +95,7 @@ pub struct BackfillArgs {
     pub to: Option<String>,
 
     /// Every partition.
-    #[arg(long, required_unless_present = "from")]
+    #[arg(long)]
     pub all: bool,
 
     /// Also backfill everything they read, transitively.

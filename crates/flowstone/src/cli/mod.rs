@@ -244,16 +244,16 @@ impl Ctx {
 
     async fn launch(&self, request: RunRequest, run_args: &RunArgs) -> Result<u8, Failure> {
         match self.engine.launch(request).await? {
-            Launch::NothingToDo { already_materialized } => {
-                self.printer.nothing_to_do(already_materialized, &self.store_location);
+            Launch::NothingToDo { plan } => {
+                self.printer.nothing_to_do(&plan, &self.store_location);
                 Ok(EXIT_OK)
             }
-            Launch::Started { run, plan_steps, already_materialized, handle } => {
-                self.printer.run_started(&run, plan_steps, already_materialized);
+            Launch::Started { run, plan, handle } => {
+                self.printer.run_started(&run, &plan);
+                let total = run.steps.total();
                 let outcome =
-                    progress::watch(handle, plan_steps as u64, self.show_progress(run_args))
-                        .await?;
-                Ok(self.finish(&outcome, already_materialized))
+                    progress::watch(handle, total, self.show_progress(run_args)).await?;
+                Ok(self.finish(&outcome, plan.already_materialized))
             }
         }
     }

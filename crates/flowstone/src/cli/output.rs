@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use flowstone_core::query::{AssetStatus, ImpactEntry, Lineage, PartitionState};
 use flowstone_core::store::{EventRecord, MaterializationRecord, RunRecord, StepRecord};
-use flowstone_core::{AssetPartition, Definitions, RunId, RunOutcome};
+use flowstone_core::{AssetPartition, Definitions, Plan, RunId, RunOutcome};
 use flowstone_partitions::PartitionsDef;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -86,7 +86,8 @@ impl Printer {
         print!("{}", table(&rows));
     }
 
-    pub(crate) fn nothing_to_do(&self, already: u64, store: &str) {
+    pub(crate) fn nothing_to_do(&self, plan: &Plan, store: &str) {
+        let already = plan.already_materialized;
         if self.json {
             self.emit(&json!({ "run": null, "already_materialized": already, "store": store }));
             return;
@@ -97,16 +98,24 @@ impl Printer {
         );
     }
 
-    pub(crate) fn run_started(&self, run: &RunRecord, steps: usize, already: u64) {
+    pub(crate) fn run_started(&self, run: &RunRecord, plan: &Plan) {
         if self.json {
             return;
         }
-        let skipped = if already > 0 {
-            format!(", {already} already materialized")
-        } else {
-            String::new()
-        };
-        eprintln!("run {} started: {} ({steps} steps{skipped})", run.id, run.description);
+        let mut notes = String::new();
+        if plan.already_materialized > 0 {
+            let _ = write!(notes, ", {} already materialized", plan.already_materialized);
+        }
+        let steps = run.steps.total();
+        eprintln!("run {} started: {} ({steps} steps{notes})", run.id, run.description);
+        if plan.left_out > 0 {
+            eprintln!(
+                "left out {} asset partitions whose upstream is not materialized (e.g. {}); \
+                 add --with-upstream to include it",
+                plan.left_out,
+                plan.left_out_examples.join(", ")
+            );
+        }
     }
 
     pub(crate) fn run_finished(&self, outcome: &RunOutcome, already: u64, store: &str) {

@@ -1,0 +1,123 @@
+//! The flights command line as a user meets it: exit codes, messages for bad
+//! input, `--json`, and a small materialization from an empty store.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flights(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flights"))
+        .args(args)
+        .env("FLOWSTONE_STORE", store)
+        .env_remove("FLOWSTONE_STORAGE")
+        .output()
+        .expect("the flights binary runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a command that must fail with exit code 2 and a message containing
+/// every one of `needles`.
+fn bad_input(store: &Path, args: &[&str], needles: &[&str]) {
+    let out = flights(store, args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}\n{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in needles {
+        assert!(stderr.contains(needle), "{args:?}: missing {needle:?}\n{all}");
+    }
+    assert!(!stderr.contains("panicked"), "{args:?}\n{all}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    bad_input(store, &["frobnicate"], &["unrecognized subcommand"]);
+    bad_input(store, &["materialize", "daily_reprot", "-p", "2013-01-01"], &[
+        "unknown asset daily_reprot",
+        "did you mean daily_report?",
+    ]);
+    bad_input(store, &["materialize", "daily_report"], &[
+        "is partitioned",
+        "--partition 2013-01-01",
+    ]);
+    bad_input(store, &["materialize", "daily_report", "-p", "2013-13-01"], &[
+        "2013-13-01",
+        "2013-01-01",
+    ]);
+    bad_input(store, &["materialize", "daily_report", "-p", "2014-02-01"], &[
+        "outside",
+        "2013-12-31",
+    ]);
+    bad_input(store, &["materialize", "airlines", "-p", "2013-01-01"], &["not partitioned"]);
+    bad_input(store, &["materialize", "raw_weather", "-p", "2013-11-03T01:00"], &[
+        "ambiguous",
+        "2013-11-03T01:00-04:00",
+        "2013-11-03T01:00-05:00",
+    ]);
+    bad_input(store, &["materialize", "raw_weather", "-p", "2013-03-10T02:00"], &[
+        "2013-03-10T02:00",
+    ]);
+    bad_input(store, &["materialize", "daily_report", "-p", "2013-01-01"], &[
+        "not materialized",
+        "--with-upstream",
+    ]);
+    bad_input(store, &["backfill", "--from", "2013-01-05"], &["--to"]);
+    bad_input(store, &["backfill", "--from", "2013-01-05", "--to", "2013-01-01"], &["2013-01-05"]);
+    bad_input(store, &["backfill"], &["--all"]);
+    bad_input(store, &["backfill", "--all", "--max-parallel", "0"], &["max-parallel"]);
+    bad_input(store, &["lineage", "sideways", "airlines"], &["sideways"]);
+    bad_input(store, &["lineage", "upstream", "airlines"], &["never been materialized"]);
+    bad_input(store, &["impact", "daily_report"], &["is partitioned"]);
+    bad_input(store, &["runs", "show", "xyz"], &["invalid run id"]);
+    bad_input(store, &["runs", "resume", "01890a5d-ac96-774b-bcce-b302099a8057"], &["no run"]);
+    bad_input(store, &["events", "0000"], &["no run id starts with"]);
+    bad_input(store, &["show", "airlines"], &["never been materialized"]);
+    bad_input(store, &["--store", "postgres://x", "status"], &["PostgreSQL"]);
+    let file = dir.path().join("not-a-store.txt");
+    std::fs::write(&file, "hello").unwrap();
+    bad_input(store, &["--store", file.to_str().unwrap(), "status"], &["not-a-store.txt"]);
+    bad_input(store, &["materialize", "airlines", "--as", " "], &["--as"]);
+}
+
+#[test]
+fn materialize_show_lineage_and_json_from_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    let out = flights(store, &["materialize", "cleaned_flights", "-p", "2013-01-02", "--with-upstream"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"), "{}", text(&out));
+
+    // 24 hours of weather, the day, the flights, airlines and the cleaned day.
+    let out = flights(store, &["--json", "runs", "list"]);
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs[0]["steps"]["completed"], 28, "{runs}");
+
+    let out = flights(store, &["--json", "show", "cleaned_flights", "-p", "2013-01-02"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts = &shown["value"]["counts"];
+    assert_eq!(shown["materialization"]["metadata"]["rows_in"], counts["rows_in"]);
+
+    let out = flights(store, &["--json", "lineage", "upstream", "cleaned_flights", "-p", "2013-01-02"]);
+    let lineage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(lineage["nodes"].as_array().unwrap().len(), 27, "{lineage}");
+
+    // A second identical backfill of what exists does nothing and says so.
+    let range = ["backfill", "cleaned_flights", "--from", "2013-01-02", "--to", "2013-01-02"];
+    let out = flights(store, &range);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"), "{}", text(&out));
+
+    let out = flights(store, &["status", "daily_weather"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("materialized 1"), "{status}");
+    assert!(status.contains("missing 364"), "{status}");
+}
