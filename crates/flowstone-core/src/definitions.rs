@@ -391,13 +391,19 @@ impl Definitions {
         self.index.get(key).map(|&i| self.rank[i])
     }
 
-    /// The partition mapping of `asset`'s dependency on `dep`, explicit or default.
+    /// The partition mapping of `asset`'s (first) dependency on `dep`,
+    /// explicit or default.
     pub fn mapping(&self, asset: &AssetDef, dep: &AssetKey) -> Option<PartitionMapping> {
         let d = asset.deps.iter().find(|d| &d.key == dep)?;
-        let up = self.asset(dep)?;
-        Some(d.mapping.clone().unwrap_or_else(|| {
-            PartitionMapping::default_for(asset.partitions.as_ref(), up.partitions.as_ref())
-        }))
+        Some(self.dep_mapping(asset, d))
+    }
+
+    /// The partition mapping of one dependency of `asset`, explicit or default.
+    pub fn dep_mapping(&self, asset: &AssetDef, dep: &crate::asset::DepDef) -> PartitionMapping {
+        dep.mapping.clone().unwrap_or_else(|| {
+            let up = self.asset(&dep.key).and_then(|up| up.partitions.as_ref());
+            PartitionMapping::default_for(asset.partitions.as_ref(), up)
+        })
     }
 
     pub fn resources(&self) -> &Resources {

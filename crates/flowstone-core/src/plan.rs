@@ -338,29 +338,34 @@ pub fn upstream_targets(
     key: Option<&PartitionKey>,
     now: Timestamp,
 ) -> Result<Vec<AssetPartition>, PlanError> {
-    let mut out = Vec::new();
+    Ok(upstream_targets_by_dep(defs, def, key, now)?.into_iter().flatten().collect())
+}
+
+/// The upstream asset partitions that `def`'s partition `key` reads, one list
+/// per dependency in declaration order (an asset may read the same upstream
+/// twice, e.g. today and yesterday, through two mappings).
+pub fn upstream_targets_by_dep(
+    defs: &Definitions,
+    def: &AssetDef,
+    key: Option<&PartitionKey>,
+    now: Timestamp,
+) -> Result<Vec<Vec<AssetPartition>>, PlanError> {
+    let mut out = Vec::with_capacity(def.deps.len());
     for dep in &def.deps {
         let up = defs.asset(&dep.key).expect("dependencies are validated");
-        let mapping = defs.mapping(def, &dep.key).expect("dependencies are validated");
+        let mapping = defs.dep_mapping(def, dep);
         let upstream = mapping
             .upstream(def.partitions.as_ref(), key, up.partitions.as_ref(), now)
             .map_err(|err| PlanError::Mapping { asset: def.key.clone(), message: err.to_string() })?;
-        match upstream {
-            UpstreamPartitions::Unpartitioned => {
-                out.push(AssetPartition::new(up.key.clone(), None));
-            }
-            UpstreamPartitions::Keys(keys) => {
-                out.extend(keys.into_iter().map(|k| AssetPartition::new(up.key.clone(), Some(k))));
-            }
+        let target = |k| AssetPartition::new(up.key.clone(), k);
+        out.push(match upstream {
+            UpstreamPartitions::Unpartitioned => vec![target(None)],
+            UpstreamPartitions::Keys(keys) => keys.into_iter().map(|k| target(Some(k))).collect(),
             UpstreamPartitions::Range(range) => {
                 let partitions = up.partitions.as_ref().expect("a range implies partitions");
-                out.extend(
-                    partitions
-                        .keys(range, now)
-                        .map(|k| AssetPartition::new(up.key.clone(), Some(k))),
-                );
+                partitions.keys(range, now).map(|k| target(Some(k))).collect()
             }
-        }
+        });
     }
     Ok(out)
 }

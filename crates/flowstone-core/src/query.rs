@@ -311,20 +311,22 @@ pub fn impact(
         }
         let up = defs.asset(&asset).expect("impact walks defined assets");
         for down in defs.downstream_of(&asset) {
-            let mapping = defs.mapping(down, &asset).expect("dependencies are validated");
-            let reached = mapping
-                .downstream(down.partitions.as_ref(), up.partitions.as_ref(), key.as_ref(), now)
-                .map_err(|err| {
-                    EngineError::Invalid(format!("asset {}: {err}", down.key))
-                })?;
-            let keys: Vec<Option<PartitionKey>> = match reached {
-                UpstreamPartitions::Unpartitioned => vec![None],
-                UpstreamPartitions::Keys(keys) => keys.into_iter().map(Some).collect(),
-                UpstreamPartitions::Range(range) => {
-                    let p = down.partitions.as_ref().expect("a range implies partitions");
-                    p.keys(range, now).map(Some).collect()
+            // An asset may read the same upstream through several mappings.
+            let mut keys: Vec<Option<PartitionKey>> = Vec::new();
+            for dep in down.deps.iter().filter(|d| d.key == asset) {
+                let mapping = defs.dep_mapping(down, dep);
+                let reached = mapping
+                    .downstream(down.partitions.as_ref(), up.partitions.as_ref(), key.as_ref(), now)
+                    .map_err(|err| EngineError::Invalid(format!("asset {}: {err}", down.key)))?;
+                match reached {
+                    UpstreamPartitions::Unpartitioned => keys.push(None),
+                    UpstreamPartitions::Keys(found) => keys.extend(found.into_iter().map(Some)),
+                    UpstreamPartitions::Range(range) => {
+                        let p = down.partitions.as_ref().expect("a range implies partitions");
+                        keys.extend(p.keys(range, now).map(Some));
+                    }
                 }
-            };
+            }
             let entry = affected.entry(down.key.clone()).or_insert((distance + 1, BTreeSet::new()));
             entry.0 = entry.0.min(distance + 1);
             for key in keys {

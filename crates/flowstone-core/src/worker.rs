@@ -30,7 +30,7 @@ use crate::definitions::Definitions;
 use crate::error::AssetError;
 use crate::ids::{AssetPartition, MaterializationId, RunId, WorkerId};
 use crate::io::IoManager;
-use crate::plan::upstream_targets;
+use crate::plan::upstream_targets_by_dep;
 use crate::store::{
     ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent,
     NewMaterialization, RunState, StepCounts, Store, StoreError, WorkerRecord,
@@ -431,19 +431,20 @@ async fn load_inputs(
         return Ok((Inputs::new(Vec::new()), Vec::new()));
     }
     let now = Timestamp::now();
-    let targets = upstream_targets(&shared.defs, def, step.target.partition.as_ref(), now)
+    let by_dep = upstream_targets_by_dep(&shared.defs, def, step.target.partition.as_ref(), now)
         .map_err(AssetError::fatal)?;
+    let targets: Vec<AssetPartition> = by_dep.iter().flatten().cloned().collect();
     let latest = shared.store.latest_materializations(&targets).await?;
     let by_target: HashMap<&AssetPartition, MaterializationId> =
         latest.iter().map(|m| (&m.target, m.id)).collect();
 
     let mut slots = Vec::with_capacity(def.deps.len());
     let mut ids = Vec::with_capacity(targets.len());
-    for dep in &def.deps {
+    for (dep, targets) in def.deps.iter().zip(&by_dep) {
         let up = shared.defs.asset(&dep.key).expect("dependencies are validated");
         let io = shared.io_for(up);
-        let mut values = Vec::new();
-        for target in targets.iter().filter(|t| t.asset == dep.key) {
+        let mut values = Vec::with_capacity(targets.len());
+        for target in targets {
             let Some(&id) = by_target.get(target) else {
                 return Err(AssetError::fatal(anyhow::anyhow!(
                     "upstream {target} has no materialization; materialize it first"

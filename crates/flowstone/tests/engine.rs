@@ -298,3 +298,53 @@ async fn an_interrupted_run_resumes_without_redoing_completed_steps() {
     let err = engine.resume(run.id, 4).await.err().unwrap();
     assert!(err.to_string().contains("already succeeded"), "{err}");
 }
+
+#[tokio::test]
+async fn an_asset_can_read_the_same_upstream_twice_through_two_mappings() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let vec_u64 = flowstone::value::ValueType::of::<Vec<u64>>();
+    let defs = Definitions::builder()
+        .add_asset(defs_numbers(calls))
+        .add_asset(
+            AssetBuilder::new("delta")
+                .partitions(daily())
+                .dep_as("numbers", "today", None, Some(vec_u64))
+                .dep_as(
+                    "numbers",
+                    "yesterday",
+                    Some(PartitionMapping::TimeWindow { offset: -1 }),
+                    Some(vec_u64),
+                )
+                .compute(|_ctx, mut inputs| async move {
+                    let today: Vec<u64> = inputs.take::<Vec<u64>, _>("today")?;
+                    let yesterday: Option<Vec<u64>> = inputs.take::<Vec<u64>, _>("yesterday")?;
+                    Ok(today[0] as i64 - yesterday.map_or(0, |y| y[0] as i64))
+                }),
+        )
+        .io_manager("default", MemoryIoManager::new())
+        .build()
+        .unwrap();
+    let engine = Engine::new(defs, Arc::new(SqliteStore::in_memory().await.unwrap()));
+    engine.run(all()).await.unwrap().unwrap();
+    let (_, first) = engine.value("delta", Some("2024-01-01")).await.unwrap();
+    assert_eq!(first, serde_json::json!(1), "no yesterday before the first day");
+    let (_, fifth) = engine.value("delta", Some("2024-01-05")).await.unwrap();
+    assert_eq!(fifth, serde_json::json!(1));
+    let lineage = engine.lineage("delta", Some("2024-01-05"), Direction::Upstream).await.unwrap();
+    let read: Vec<String> = lineage.nodes.iter().map(|(_, m)| m.target.to_string()).collect();
+    assert_eq!(read, ["numbers[2024-01-04]", "numbers[2024-01-05]"]);
+    let impact = engine.impact("numbers", Some("2024-01-05")).unwrap();
+    let keys: Vec<String> = impact[0].partitions.iter().map(|p| p.to_string()).collect();
+    assert_eq!(keys, ["2024-01-05", "2024-01-06"]);
+}
+
+fn defs_numbers(calls: Arc<AtomicU32>) -> AssetBuilder {
+    AssetBuilder::new("numbers").partitions(daily()).compute(move |ctx, _in| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let day: u64 = ctx.require_partition_key()?.as_str()[8..10].parse()?;
+            Ok(vec![day])
+        }
+    })
+}
