@@ -121,3 +121,88 @@ fn materialize_show_lineage_and_json_from_an_empty_store() {
     assert!(status.contains("materialized 1"), "{status}");
     assert!(status.contains("missing 364"), "{status}");
 }
+
+/// Waits until `path` has a run with some completed steps, or gives up.
+fn wait_for_progress(store: &Path) -> Option<String> {
+    for _ in 0..300 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let out = flights(store, &["--json", "runs", "list"]);
+        let Ok(runs) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            continue;
+        };
+        if runs[0]["steps"]["completed"].as_u64().unwrap_or(0) >= 20 {
+            return runs[0]["id"].as_str().map(str::to_owned);
+        }
+    }
+    None
+}
+
+fn spawn_backfill(store: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_flights"))
+        .args(["backfill", "raw_weather", "daily_weather", "--from", "2013-01-01", "--to", "2013-01-20"])
+        .args(["--max-parallel", "2"])
+        .env("FLOWSTONE_STORE", store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the flights binary starts")
+}
+
+#[test]
+fn a_killed_run_resumes_without_redoing_completed_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    let mut child = spawn_backfill(store);
+    let run = wait_for_progress(store);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let run = run.expect("the backfill made progress before it was killed");
+
+    let out = flights(store, &["--json", "runs", "show", &run]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let completed_before = before["run"]["steps"]["completed"].as_u64().unwrap();
+
+    let out = flights(store, &["--json", "runs", "resume", &run]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(resumed["run"]["state"], "succeeded", "{resumed}");
+    let completed = resumed["run"]["steps"]["completed"].as_u64().unwrap();
+    // 20 days × 24 hours (January has no DST change) plus 20 days.
+    assert_eq!(completed, 20 * 24 + 20, "{resumed}");
+    let recorded = resumed["recorded"].as_u64().unwrap();
+    assert!(recorded <= completed - completed_before + 2, "no completed step ran twice");
+
+    // One materialization per asset partition of the run, none twice.
+    let out = flights(store, &["--json", "status", "raw_weather"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["counts"]["materialized"], 480, "{}", status["counts"]);
+}
+
+#[test]
+fn ctrl_c_stops_gracefully_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flights"))
+        .args(["backfill", "raw_weather", "--all", "--max-parallel", "2"])
+        .env("FLOWSTONE_STORE", store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_progress(store).expect("the backfill made progress");
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let out = loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(started.elapsed().as_secs() < 60, "the run did not stop after Ctrl-C");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("interrupted"), "{}", text(&out));
+    assert!(stdout.contains("runs resume"), "{}", text(&out));
+}
