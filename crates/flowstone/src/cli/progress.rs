@@ -20,7 +20,7 @@ pub(crate) async fn watch(
     let bar = if show {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps {msg} ({per_sec}, eta {eta})",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {msg}, eta {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
@@ -51,10 +51,12 @@ pub(crate) async fn watch(
                     let p = progress.borrow().clone();
                     let steps = p.steps;
                     bar.set_position(steps.completed + steps.failed + steps.skipped + steps.cancelled);
+                    let seconds = bar.elapsed().as_secs_f64().max(0.001);
                     bar.set_message(format!(
-                        "done, {} failed, {} running",
+                        "{} failed, {} running, {:.0} steps/s",
                         steps.failed + steps.skipped,
-                        steps.running
+                        steps.running,
+                        p.recorded as f64 / seconds
                     ));
                 }
             }
