@@ -9,6 +9,7 @@
 //! the `flowstone-bench` binary re-executes itself once per workload and reads
 //! the child's figures from its standard output.
 
+pub mod timed;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! flowstone-bench [--parallel N] [--runs N] [--noop-runs N] [--only NAME,...] [--json]
-//! flowstone-bench --workload NAME [--parallel N]     (one run; prints one JSON line)
+//!                 [--profile]
+//! flowstone-bench --workload NAME [--parallel N] [--profile]   (one run, one JSON line)
 //! ```
+//!
+//! `--profile` wraps the store in [`flowstone_bench::timed::TimedStore`] and
+//! prints, per workload, where the store time went (of the last run).
 //!
 //! The figures are printed, never judged: the targets column only repeats
 //! what the issue asks for.
@@ -28,6 +32,8 @@ struct Args {
     noop_runs: usize,
     workloads: Vec<Workload>,
     json: bool,
+    /// Time every store call.
+    profile: bool,
     /// Set in a child: run this one workload and print its figures.
     child: Option<Workload>,
 }
@@ -40,6 +46,7 @@ impl Args {
             noop_runs: 20,
             workloads: Workload::ALL.to_vec(),
             json: false,
+            profile: false,
             child: None,
         };
         let mut raw = std::env::args().skip(1);
@@ -57,10 +64,11 @@ impl Args {
                 }
                 "--workload" => args.child = Some(workload_named(&value()?)?),
                 "--json" => args.json = true,
+                "--profile" => args.profile = true,
                 "-h" | "--help" => {
                     println!(
                         "usage: flowstone-bench [--parallel N] [--runs N] [--noop-runs N] \
-                         [--only NAME,...] [--json]\n\
+                         [--only NAME,...] [--json] [--profile]\n\
                          workloads: chain-100, chain-1000, fanout-1000, backfill-365 \
                          (chain-N and fanout-N take any N)"
                     );
@@ -101,7 +109,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let figures = runtime.block_on(workload::run(workload, args.parallel))?;
+        let figures = runtime.block_on(workload::run(workload, args.parallel, args.profile))?;
         println!("{}", figures.to_json());
         return Ok(());
     }
@@ -112,7 +120,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     for &workload in &args.workloads {
         let mut runs = Vec::with_capacity(args.runs);
         for _ in 0..args.runs {
-            runs.push(run_child(&me, workload, args.parallel)?);
+            runs.push(run_child(&me, workload, &args)?);
         }
         rows.push(runs);
     }
@@ -144,6 +152,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_table(&args, &rows);
+        if args.profile {
+            print_profile(&rows);
+        }
         if let Some((cold, warm)) = &single {
             print_single(args.noop_runs, cold, warm);
         }
@@ -152,14 +163,14 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Runs one workload in a child process of this program and reads its figures.
-fn run_child(me: &Path, workload: Workload, parallel: usize) -> anyhow::Result<Figures> {
-    let output = Command::new(me)
-        .args([
-            "--workload",
-            &workload.name(),
-            "--parallel",
-            &parallel.to_string(),
-        ])
+fn run_child(me: &Path, workload: Workload, args: &Args) -> anyhow::Result<Figures> {
+    let mut command = Command::new(me);
+    let parallel = args.parallel.to_string();
+    command.args(["--workload", &workload.name(), "--parallel", &parallel]);
+    if args.profile {
+        command.arg("--profile");
+    }
+    let output = command
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("cannot start {}", me.display()))?;
@@ -267,6 +278,35 @@ fn print_table(args: &Args, rows: &[Vec<Figures>]) {
         );
     }
     println!("peak MiB is the median over runs; target for every workload: < 15 MiB");
+}
+
+/// Store time per method, of each workload's last run, busiest first.
+fn print_profile(rows: &[Vec<Figures>]) {
+    for figures in rows.iter().filter_map(|runs| runs.last()) {
+        let Some(methods) = figures.store_calls.as_object() else {
+            continue;
+        };
+        println!();
+        println!(
+            "{}: store calls of one run ({:.1} ms wall, launch {:.1} ms included)",
+            figures.name, figures.total_ms, figures.launch_ms
+        );
+        println!(
+            "{:<26} {:>7} {:>8} {:>10} {:>10}",
+            "method", "calls", "items", "ms", "us/call"
+        );
+        let mut methods: Vec<_> = methods.iter().collect();
+        methods.sort_by(|a, b| b.1["ms"].as_f64().partial_cmp(&a.1["ms"].as_f64()).unwrap());
+        for (name, t) in methods {
+            println!(
+                "{name:<26} {:>7} {:>8} {:>10.1} {:>10.0}",
+                t["calls"].as_u64().unwrap_or_default(),
+                t["items"].as_u64().unwrap_or_default(),
+                t["ms"].as_f64().unwrap_or_default(),
+                t["mean_us"].as_f64().unwrap_or_default(),
+            );
+        }
+    }
 }
 
 fn print_single(runs: usize, cold: &serde_json::Value, warm: &serde_json::Value) {

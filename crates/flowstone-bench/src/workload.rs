@@ -13,6 +13,7 @@ use flowstone::{
 use serde_json::json;
 
 use crate::ScratchDir;
+use crate::timed::TimedStore;
 
 /// A named asset graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +122,8 @@ pub struct Figures {
     pub total_ms: f64,
     /// The process's peak resident set size at the end.
     pub peak_rss_kib: u64,
+    /// Time per store method (see [`crate::timed`]) when profiled, else null.
+    pub store_calls: serde_json::Value,
 }
 
 impl Figures {
@@ -141,6 +144,7 @@ impl Figures {
             "total_ms": self.total_ms,
             "steps_per_sec": self.steps_per_sec(),
             "peak_rss_kib": self.peak_rss_kib,
+            "store_calls": self.store_calls,
         })
     }
 
@@ -167,26 +171,37 @@ impl Figures {
             launch_ms: num("launch_ms")?,
             total_ms: num("total_ms")?,
             peak_rss_kib: num("peak_rss_kib")? as u64,
+            store_calls: value["store_calls"].clone(),
         })
     }
 }
 
 /// Runs `workload` once as a backfill of everything, with at most
-/// `max_parallel` steps at once, in a fresh store under a scratch directory.
+/// `max_parallel` steps at once, in a fresh store under a scratch directory;
+/// `profile` times every store call.
 ///
 /// # Errors
 ///
 /// When the store cannot be opened or the run fails to start or finish.
-pub async fn run(workload: Workload, max_parallel: usize) -> anyhow::Result<Figures> {
+pub async fn run(
+    workload: Workload,
+    max_parallel: usize,
+    profile: bool,
+) -> anyhow::Result<Figures> {
     let scratch = ScratchDir::new(&workload.name()).context("cannot create a scratch dir")?;
 
     // Setup: a real WAL database file, and the definitions.
     let started = Instant::now();
-    let store: Arc<dyn Store> = Arc::new(
+    let sqlite: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&scratch.store_location())
             .await
             .context("cannot open the store")?,
     );
+    let timed = profile.then(|| Arc::new(TimedStore::new(sqlite.clone())));
+    let store = match &timed {
+        Some(timed) => timed.clone() as Arc<dyn Store>,
+        None => sqlite,
+    };
     let engine = Engine::new(workload.definitions()?, store);
     let setup_ms = ms(started);
 
@@ -220,6 +235,7 @@ pub async fn run(workload: Workload, max_parallel: usize) -> anyhow::Result<Figu
         launch_ms,
         total_ms,
         peak_rss_kib: crate::peak_rss_kib(),
+        store_calls: timed.map(|t| t.report()).unwrap_or_default(),
     })
 }
 
@@ -250,7 +266,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_small_chain_runs_to_success() {
-        let figures = run(Workload::Chain(5), 4).await.unwrap();
+        let figures = run(Workload::Chain(5), 4, true).await.unwrap();
+        assert_eq!(figures.store_calls["complete"]["items"], 5);
         assert_eq!((figures.steps, figures.recorded), (5, 5));
         assert_eq!(figures.state, "succeeded");
         assert_eq!(Figures::from_json(&figures.to_json()).unwrap(), figures);
