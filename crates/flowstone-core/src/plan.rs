@@ -18,6 +18,9 @@ use crate::definitions::Definitions;
 use crate::ids::{AssetKey, AssetPartition, PartitionKey};
 use crate::store::{NewStep, Store, StoreError};
 
+/// Targets per batched store lookup, to keep each query's parameter small.
+pub(crate) const LOOKUP_CHUNK: usize = 500;
+
 /// Which partitions of the selected assets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartitionSelection {
@@ -149,12 +152,20 @@ pub async fn plan(
         }
     }
 
-    // Leave out what is already materialized.
+    // Leave out what is already materialized. One batched lookup finds the
+    // assets with any materialization at all; only those need the per-asset
+    // read that also sees failures, so planning a fresh graph of n assets
+    // takes a few queries instead of n.
     let mut already_materialized = 0;
     if selection.skip_materialized {
-        let assets: BTreeSet<&AssetKey> = targets.iter().map(|t| &t.asset).collect();
+        let mut assets: BTreeSet<AssetKey> = BTreeSet::new();
+        for chunk in targets.chunks(LOOKUP_CHUNK) {
+            for record in store.latest_materializations(chunk).await? {
+                assets.insert(record.target.asset);
+            }
+        }
         let mut done: HashSet<AssetPartition> = HashSet::new();
-        for asset in assets {
+        for asset in &assets {
             for record in store.partitions(asset).await? {
                 if record.latest.is_some() && record.failure.is_none() {
                     done.insert(AssetPartition::new(asset.clone(), record.partition));
@@ -203,7 +214,7 @@ pub async fn plan(
     }
     let wanted: Vec<AssetPartition> = external.into_iter().collect();
     let mut have = HashSet::new();
-    for chunk in wanted.chunks(500) {
+    for chunk in wanted.chunks(LOOKUP_CHUNK) {
         for record in store.latest_materializations(chunk).await? {
             have.insert(record.target);
         }

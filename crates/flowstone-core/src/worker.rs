@@ -16,7 +16,7 @@
 //! again, and only that second run is recorded. A materialization is recorded
 //! at most once per step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use crate::definitions::Definitions;
 use crate::error::AssetError;
 use crate::ids::{AssetPartition, MaterializationId, RunId, WorkerId};
 use crate::io::IoManager;
-use crate::plan::upstream_targets_by_dep;
+use crate::plan::{LOOKUP_CHUNK, upstream_targets_by_dep};
 use crate::store::{
     ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent,
     NewMaterialization, RunState, StepCounts, Store, StoreError, WorkerRecord,
@@ -201,9 +201,11 @@ async fn claim_work_commit(
                     lease: opts.lease,
                 })
                 .await?;
-            for step in claimed {
+            let upstream = resolve_upstream(shared, &claimed).await;
+            for (step, upstream) in claimed.into_iter().zip(upstream) {
                 let started = Timestamp::now();
-                let handle = tasks.spawn(execute(shared.clone(), step.clone(), started));
+                let task = execute(shared.clone(), step.clone(), upstream, started);
+                let handle = tasks.spawn(task);
                 running.insert(handle.id(), (step, started));
             }
         }
@@ -334,9 +336,78 @@ fn finished(
     }
 }
 
+/// The upstream of one claimed step: its targets by dependency, and the
+/// latest materializations of every target of its claim.
+struct Upstream {
+    by_dep: Vec<Vec<AssetPartition>>,
+    latest: Arc<HashMap<AssetPartition, MaterializationId>>,
+}
+
+/// Looks up the upstream materializations of every step of a claim at once:
+/// one store call per chunk of distinct targets rather than one per step (a
+/// fan-in of a thousand steps reading one root used to make a thousand reads
+/// queue for the reader connections). A step whose upstream cannot be worked
+/// out gets the error its execution fails with.
+///
+/// Run right after the claim: the claimed steps' upstream steps committed
+/// before they became available, so what this sees is what each step's own
+/// lookup saw before.
+async fn resolve_upstream(
+    shared: &Shared,
+    claimed: &[ClaimedStep],
+) -> Vec<Result<Upstream, AssetError>> {
+    let now = Timestamp::now();
+    let by_step: Vec<Result<Vec<Vec<AssetPartition>>, AssetError>> = claimed
+        .iter()
+        .map(|step| match shared.defs.asset(&step.target.asset) {
+            Some(def) if !def.deps.is_empty() => {
+                upstream_targets_by_dep(&shared.defs, def, step.target.partition.as_ref(), now)
+                    .map_err(AssetError::fatal)
+            }
+            _ => Ok(Vec::new()),
+        })
+        .collect();
+
+    // Each distinct target once, in chunks.
+    let mut distinct = HashSet::new();
+    let targets: Vec<&AssetPartition> =
+        by_step.iter().flatten().flatten().flatten().filter(|t| distinct.insert(*t)).collect();
+    let mut latest = HashMap::with_capacity(targets.len());
+    let mut lookup_error = None;
+    for chunk in targets.chunks(LOOKUP_CHUNK) {
+        let chunk: Vec<AssetPartition> = chunk.iter().map(|t| (*t).clone()).collect();
+        match shared.store.latest_materializations(&chunk).await {
+            Ok(records) => latest.extend(records.into_iter().map(|m| (m.target, m.id))),
+            Err(err) => {
+                lookup_error = Some(err.to_string());
+                break;
+            }
+        }
+    }
+
+    let latest = Arc::new(latest);
+    by_step
+        .into_iter()
+        .map(|by_dep| {
+            let by_dep = by_dep?;
+            match &lookup_error {
+                Some(err) if !by_dep.is_empty() => Err(AssetError::new(anyhow::anyhow!(
+                    "cannot look up the inputs: {err}"
+                ))),
+                _ => Ok(Upstream { by_dep, latest: latest.clone() }),
+            }
+        })
+        .collect()
+}
+
 /// Runs one claimed step: inputs, the asset, its output. Writes nothing to
 /// the store.
-async fn execute(shared: Arc<Shared>, step: ClaimedStep, started: Timestamp) -> Finished {
+async fn execute(
+    shared: Arc<Shared>,
+    step: ClaimedStep,
+    upstream: Result<Upstream, AssetError>,
+    started: Timestamp,
+) -> Finished {
     let worker = &shared.worker;
     let Some(def) = shared.defs.asset(&step.target.asset).cloned() else {
         let error = AssetError::fatal(anyhow::anyhow!(
@@ -354,7 +425,11 @@ async fn execute(shared: Arc<Shared>, step: ClaimedStep, started: Timestamp) -> 
         "step started"
     );
 
-    let (inputs, input_ids) = match load_inputs(&shared, &def, &step).await {
+    let loaded = match upstream {
+        Ok(upstream) => load_inputs(&shared, &def, upstream).await,
+        Err(error) => Err(error),
+    };
+    let (inputs, input_ids) = match loaded {
         Ok(loaded) => loaded,
         Err(error) => return failure(&step, started, Some(&def), error, Vec::new(), worker),
     };
@@ -425,22 +500,16 @@ async fn execute(shared: Arc<Shared>, step: ClaimedStep, started: Timestamp) -> 
 async fn load_inputs(
     shared: &Shared,
     def: &AssetDef,
-    step: &ClaimedStep,
+    upstream: Upstream,
 ) -> Result<(Inputs, Vec<MaterializationId>), AssetError> {
     if def.deps.is_empty() {
         return Ok((Inputs::new(Vec::new()), Vec::new()));
     }
-    let now = Timestamp::now();
-    let by_dep = upstream_targets_by_dep(&shared.defs, def, step.target.partition.as_ref(), now)
-        .map_err(AssetError::fatal)?;
-    let targets: Vec<AssetPartition> = by_dep.iter().flatten().cloned().collect();
-    let latest = shared.store.latest_materializations(&targets).await?;
-    let by_target: HashMap<&AssetPartition, MaterializationId> =
-        latest.iter().map(|m| (&m.target, m.id)).collect();
+    let by_target = &upstream.latest;
 
     let mut slots = Vec::with_capacity(def.deps.len());
-    let mut ids = Vec::with_capacity(targets.len());
-    for (dep, targets) in def.deps.iter().zip(&by_dep) {
+    let mut ids = Vec::with_capacity(upstream.by_dep.iter().map(Vec::len).sum());
+    for (dep, targets) in def.deps.iter().zip(&upstream.by_dep) {
         let up = shared.defs.asset(&dep.key).expect("dependencies are validated");
         let io = shared.io_for(up);
         let mut values = Vec::with_capacity(targets.len());
