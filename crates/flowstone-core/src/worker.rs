@@ -463,14 +463,12 @@ async fn execute(
         }
     };
 
+    // The store appends the `materialized` event, naming the materialization
+    // it recorded; the data version is on that record.
     let finished_at = Timestamp::now();
-    let mut events = Vec::with_capacity(record.events.len() + 2);
+    let mut events = Vec::with_capacity(record.events.len() + 1);
     events.push(step_event(&step, started, EventKind::StepStarted, Level::Info, "step started"));
     events.extend(record.events);
-    events.push(NewEvent {
-        data: serde_json::json!({ "data_version": stored.data_version }),
-        ..step_event(&step, finished_at, EventKind::Materialized, Level::Info, "materialized")
-    });
     Finished::Done(Box::new(Completion {
         step: step.id,
         attempt: step.attempt,

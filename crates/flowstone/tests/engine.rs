@@ -348,3 +348,18 @@ fn defs_numbers(calls: Arc<AtomicU32>) -> AssetBuilder {
         }
     })
 }
+
+#[tokio::test]
+async fn each_step_records_one_materialized_event_naming_its_materialization() {
+    let (engine, _) = engine(None).await;
+    let outcome = engine.run(all()).await.unwrap().unwrap();
+
+    let events = engine.store().events(outcome.run.id, None, 1000).await.unwrap();
+    let materialized: Vec<_> =
+        events.iter().filter(|e| e.kind == flowstone::store::EventKind::Materialized).collect();
+    assert_eq!(materialized.len() as u64, outcome.recorded, "{materialized:?}");
+    assert!(
+        materialized.iter().all(|e| e.data["materialization_id"].is_u64()),
+        "{materialized:?}"
+    );
+}
