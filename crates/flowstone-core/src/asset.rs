@@ -84,8 +84,12 @@ impl<T> FromUpstream<T> for Option<T> {
 
 impl<T> FromUpstream<T> for Partitioned<T> {
     fn from_upstream(_dep: &str, values: Vec<(Option<PartitionKey>, T)>) -> Result<Self> {
-        let values = values.into_iter().map(|(key, value)| (key.unwrap_or_else(|| PartitionKey::from("")), value));
-        Ok(Partitioned { values: values.collect() })
+        let values = values
+            .into_iter()
+            .map(|(key, value)| (key.unwrap_or_else(|| PartitionKey::from("")), value));
+        Ok(Partitioned {
+            values: values.collect(),
+        })
     }
 }
 
@@ -122,7 +126,10 @@ impl<T> Partitioned<T> {
     }
 
     pub fn get(&self, key: &str) -> Option<&T> {
-        self.values.iter().find(|(k, _)| k.as_str() == key).map(|(_, value)| value)
+        self.values
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, value)| value)
     }
 
     pub fn into_values(self) -> impl Iterator<Item = T> {
@@ -254,7 +261,10 @@ impl RetryPolicy {
 
     /// Up to `max_attempts` attempts with exponential backoff from one second.
     pub fn exponential(max_attempts: u32) -> Self {
-        RetryPolicy { max_attempts: max_attempts.max(1), ..RetryPolicy::none() }
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            ..RetryPolicy::none()
+        }
     }
 
     pub fn initial_delay(mut self, delay: Duration) -> Self {
@@ -293,10 +303,16 @@ impl RetryPolicy {
             return Err("max_attempts must be at least 1".into());
         }
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
-            return Err(format!("multiplier must be at least 1, got {}", self.multiplier));
+            return Err(format!(
+                "multiplier must be at least 1, got {}",
+                self.multiplier
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!("jitter must be between 0 and 1, got {}", self.jitter));
+            return Err(format!(
+                "jitter must be between 0 and 1, got {}",
+                self.jitter
+            ));
         }
         Ok(())
     }
@@ -375,8 +391,14 @@ impl fmt::Debug for AssetDef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AssetDef")
             .field("key", &self.key)
-            .field("deps", &self.deps.iter().map(|d| d.key.as_str()).collect::<Vec<_>>())
-            .field("partitions", &self.partitions.as_ref().map(|p| p.describe()))
+            .field(
+                "deps",
+                &self.deps.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+            )
+            .field(
+                "partitions",
+                &self.partitions.as_ref().map(|p| p.describe()),
+            )
             .field("output", &self.output)
             .finish_non_exhaustive()
     }
@@ -560,9 +582,14 @@ impl AssetBuilder {
     pub(crate) fn build(self) -> std::result::Result<AssetDef, Vec<BuildProblem>> {
         let mut problems = Vec::new();
         let mut problem = |message: String| {
-            problems.push(BuildProblem { key: self.key.clone(), message });
+            problems.push(BuildProblem {
+                key: self.key.clone(),
+                message,
+            });
         };
-        let key = AssetKey::new(&self.key).map_err(|err| problem(err.to_string())).ok();
+        let key = AssetKey::new(&self.key)
+            .map_err(|err| problem(err.to_string()))
+            .ok();
         let partitions = match self.partitions {
             Some(Ok(def)) => Some(def),
             Some(Err(err)) => {
@@ -574,7 +601,12 @@ impl AssetBuilder {
         let mut deps = Vec::new();
         for (dep_key, name, mapping, expects) in self.deps {
             match AssetKey::new(&dep_key) {
-                Ok(key) => deps.push(DepDef { key, name, mapping, expects }),
+                Ok(key) => deps.push(DepDef {
+                    key,
+                    name,
+                    mapping,
+                    expects,
+                }),
                 Err(err) => problem(format!("dependency {name}: {err}")),
             }
         }
@@ -599,7 +631,9 @@ impl AssetBuilder {
             deps,
             io_manager: self.io_manager.unwrap_or_else(|| "default".to_owned()),
             retry: self.retry,
-            code_version: self.code_version.unwrap_or_else(|| "unversioned".to_owned()),
+            code_version: self
+                .code_version
+                .unwrap_or_else(|| "unversioned".to_owned()),
             tags: self.tags,
             owners: self.owners,
             output,
@@ -616,7 +650,10 @@ mod tests {
     #[test]
     fn from_upstream_checks_counts() {
         let one = vec![(None, 5u32)];
-        assert_eq!(<u32 as FromUpstream<u32>>::from_upstream("x", one).unwrap(), 5);
+        assert_eq!(
+            <u32 as FromUpstream<u32>>::from_upstream("x", one).unwrap(),
+            5
+        );
         let two = vec![(None, 1u32), (None, 2)];
         let err = <u32 as FromUpstream<u32>>::from_upstream("x", two.clone()).unwrap_err();
         assert!(err.to_string().contains("exactly one"), "{err}");
@@ -628,7 +665,9 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_caps() {
-        let policy = RetryPolicy::exponential(5).jitter(0.0).max_delay(Duration::from_secs(3));
+        let policy = RetryPolicy::exponential(5)
+            .jitter(0.0)
+            .max_delay(Duration::from_secs(3));
         assert_eq!(policy.delay_after(1, 0.5), Duration::from_secs(1));
         assert_eq!(policy.delay_after(2, 0.5), Duration::from_secs(2));
         assert_eq!(policy.delay_after(3, 0.5), Duration::from_secs(3));
@@ -642,7 +681,10 @@ mod tests {
     fn builder_reports_every_problem() {
         let problems = AssetBuilder::new("bad key")
             .dep::<u32>("also bad")
-            .retry(RetryPolicy { max_attempts: 0, ..RetryPolicy::none() })
+            .retry(RetryPolicy {
+                max_attempts: 0,
+                ..RetryPolicy::none()
+            })
             .build()
             .unwrap_err();
         let text: Vec<_> = problems.iter().map(|p| p.message.as_str()).collect();

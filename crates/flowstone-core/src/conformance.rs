@@ -45,25 +45,55 @@ pub type Case = (&'static str, fn(Arc<dyn Store>) -> BoxFuture<'static, ()>);
 
 /// Every case, in the order [`run_all`] runs them.
 pub const CASES: &[Case] = &[
-    ("create_run_sets_initial_states", |s| Box::pin(create_run_sets_initial_states(s))),
-    ("claim_respects_upstream", |s| Box::pin(claim_respects_upstream(s))),
-    ("claim_limit_and_order", |s| Box::pin(claim_limit_and_order(s))),
-    ("concurrent_claimers_never_share", |s| Box::pin(concurrent_claimers_never_share(s))),
-    ("completion_records_everything", |s| Box::pin(completion_records_everything(s))),
-    ("failed_batch_writes_nothing", |s| Box::pin(failed_batch_writes_nothing(s))),
-    ("zombie_completion_is_fenced", |s| Box::pin(zombie_completion_is_fenced(s))),
-    ("retryable_waits_for_retry_at", |s| Box::pin(retryable_waits_for_retry_at(s))),
-    ("final_failure_skips_downstream", |s| Box::pin(final_failure_skips_downstream(s))),
-    ("cancel_run_ends_waiting_steps", |s| Box::pin(cancel_run_ends_waiting_steps(s))),
-    ("set_run_state_checks_from", |s| Box::pin(set_run_state_checks_from(s))),
-    ("events_in_order_with_paging", |s| Box::pin(events_in_order_with_paging(s))),
+    ("create_run_sets_initial_states", |s| {
+        Box::pin(create_run_sets_initial_states(s))
+    }),
+    ("claim_respects_upstream", |s| {
+        Box::pin(claim_respects_upstream(s))
+    }),
+    ("claim_limit_and_order", |s| {
+        Box::pin(claim_limit_and_order(s))
+    }),
+    ("concurrent_claimers_never_share", |s| {
+        Box::pin(concurrent_claimers_never_share(s))
+    }),
+    ("completion_records_everything", |s| {
+        Box::pin(completion_records_everything(s))
+    }),
+    ("failed_batch_writes_nothing", |s| {
+        Box::pin(failed_batch_writes_nothing(s))
+    }),
+    ("zombie_completion_is_fenced", |s| {
+        Box::pin(zombie_completion_is_fenced(s))
+    }),
+    ("retryable_waits_for_retry_at", |s| {
+        Box::pin(retryable_waits_for_retry_at(s))
+    }),
+    ("final_failure_skips_downstream", |s| {
+        Box::pin(final_failure_skips_downstream(s))
+    }),
+    ("cancel_run_ends_waiting_steps", |s| {
+        Box::pin(cancel_run_ends_waiting_steps(s))
+    }),
+    ("set_run_state_checks_from", |s| {
+        Box::pin(set_run_state_checks_from(s))
+    }),
+    ("events_in_order_with_paging", |s| {
+        Box::pin(events_in_order_with_paging(s))
+    }),
     ("latest_materializations_and_partitions", |s| {
         Box::pin(latest_materializations_and_partitions(s))
     }),
     ("lineage_both_ways", |s| Box::pin(lineage_both_ways(s))),
-    ("step_counts_and_running_workers", |s| Box::pin(step_counts_and_running_workers(s))),
-    ("release_returns_steps_to_queue", |s| Box::pin(release_returns_steps_to_queue(s))),
-    ("heartbeat_and_workers", |s| Box::pin(heartbeat_and_workers(s))),
+    ("step_counts_and_running_workers", |s| {
+        Box::pin(step_counts_and_running_workers(s))
+    }),
+    ("release_returns_steps_to_queue", |s| {
+        Box::pin(release_returns_steps_to_queue(s))
+    }),
+    ("heartbeat_and_workers", |s| {
+        Box::pin(heartbeat_and_workers(s))
+    }),
 ];
 
 /// Runs every case, each against a fresh store from `factory`.
@@ -85,28 +115,54 @@ pub async fn run_all(factory: StoreFactory<'_>) {
 /// others `pending`; `runs` lists runs newest first.
 pub async fn create_run_sets_initial_states(store: Arc<dyn Store>) {
     let first = RunPlan::new().step("a", None, &[]).create(&*store).await;
-    let plan = RunPlan::new().step("a", None, &[]).step("b", None, &[0]).step("c", None, &[0, 1]);
+    let plan = RunPlan::new()
+        .step("a", None, &[])
+        .step("b", None, &[0])
+        .step("c", None, &[0, 1]);
     let created = store.create_run(plan.new_run()).await.must("create_run");
 
     assert_eq!(created.state, RunState::Running, "a new run is running");
     assert_eq!(
-        (created.steps.available, created.steps.pending, created.steps.total()),
+        (
+            created.steps.available,
+            created.steps.pending,
+            created.steps.total()
+        ),
         (1, 2, 3),
         "create_run's record counts 1 available and 2 pending steps"
     );
-    let run = store.run(created.id).await.must("run").expect("run() finds the run just created");
+    let run = store
+        .run(created.id)
+        .await
+        .must("run")
+        .expect("run() finds the run just created");
     assert_eq!(run.state, RunState::Running);
     assert_eq!(run.trigger, Trigger::Cli);
     assert_eq!(run.user, "tester");
     assert_eq!(run.description, "conformance");
     assert_eq!(run.finished_at, None, "a running run has no finished_at");
-    assert_eq!(run.steps, created.steps, "run() counts steps like create_run");
+    assert_eq!(
+        run.steps, created.steps,
+        "run() counts steps like create_run"
+    );
 
     let steps = by_asset(&store.steps(created.id).await.must("steps"));
     assert_eq!(steps.len(), 3, "steps() lists every step of the run");
-    assert_eq!(steps["a"].state, StepState::Available, "a step without upstream is available");
-    assert_eq!(steps["b"].state, StepState::Pending, "a step with upstream is pending");
-    assert_eq!(steps["c"].state, StepState::Pending, "a step with upstream is pending");
+    assert_eq!(
+        steps["a"].state,
+        StepState::Available,
+        "a step without upstream is available"
+    );
+    assert_eq!(
+        steps["b"].state,
+        StepState::Pending,
+        "a step with upstream is pending"
+    );
+    assert_eq!(
+        steps["c"].state,
+        StepState::Pending,
+        "a step with upstream is pending"
+    );
     for step in steps.values() {
         assert_eq!(step.attempt, 0, "an unclaimed step has attempt 0");
         assert_eq!(step.max_attempts, 3);
@@ -116,9 +172,20 @@ pub async fn create_run_sets_initial_states(store: Arc<dyn Store>) {
 
     let runs = store.runs(10).await.must("runs");
     let ids: Vec<RunId> = runs.iter().map(|r| r.id).collect();
-    assert_eq!(ids, vec![created.id, first.id], "runs() lists runs newest first");
-    assert_eq!(store.runs(1).await.must("runs").len(), 1, "runs() respects its limit");
-    assert!(store.run(RunId::new()).await.must("run").is_none(), "run() of an unknown id");
+    assert_eq!(
+        ids,
+        vec![created.id, first.id],
+        "runs() lists runs newest first"
+    );
+    assert_eq!(
+        store.runs(1).await.must("runs").len(),
+        1,
+        "runs() respects its limit"
+    );
+    assert!(
+        store.run(RunId::new()).await.must("run").is_none(),
+        "run() of an unknown id"
+    );
 }
 
 /// In a diamond a -> (b, c) -> d, each step becomes claimable only when all of
@@ -135,12 +202,23 @@ pub async fn claim_respects_upstream(store: Arc<dyn Store>) {
     let w = worker("w1");
 
     let claimed = claim(&*store, &w, Some(run.id), 10).await;
-    assert_eq!(assets(&claimed), ["a"], "only the root of the diamond is claimable at first");
-    assert!(claim(&*store, &w, Some(run.id), 10).await.is_empty(), "a is taken, b and c wait");
+    assert_eq!(
+        assets(&claimed),
+        ["a"],
+        "only the root of the diamond is claimable at first"
+    );
+    assert!(
+        claim(&*store, &w, Some(run.id), 10).await.is_empty(),
+        "a is taken, b and c wait"
+    );
 
     complete_all(&*store, &w, &claimed).await;
     let claimed = claim(&*store, &w, Some(run.id), 10).await;
-    assert_eq!(assets(&claimed), ["b", "c"], "completing a releases b and c");
+    assert_eq!(
+        assets(&claimed),
+        ["b", "c"],
+        "completing a releases b and c"
+    );
 
     let (b, c) = (&claimed[0], &claimed[1]);
     complete_all(&*store, &w, std::slice::from_ref(b)).await;
@@ -148,12 +226,24 @@ pub async fn claim_respects_upstream(store: Arc<dyn Store>) {
         claim(&*store, &w, Some(run.id), 10).await.is_empty(),
         "d must wait for c as well as b"
     );
-    assert_eq!(run.state_of(&*store, "d").await, StepState::Pending, "d stays pending");
+    assert_eq!(
+        run.state_of(&*store, "d").await,
+        StepState::Pending,
+        "d stays pending"
+    );
 
     complete_all(&*store, &w, std::slice::from_ref(c)).await;
-    assert_eq!(run.state_of(&*store, "d").await, StepState::Available, "d is released by c");
+    assert_eq!(
+        run.state_of(&*store, "d").await,
+        StepState::Available,
+        "d is released by c"
+    );
     let claimed = claim(&*store, &w, Some(run.id), 10).await;
-    assert_eq!(assets(&claimed), ["d"], "d is claimable once b and c completed");
+    assert_eq!(
+        assets(&claimed),
+        ["d"],
+        "d is claimable once b and c completed"
+    );
 }
 
 /// `claim` takes at most `limit` steps, highest priority first, then by
@@ -166,37 +256,71 @@ pub async fn claim_limit_and_order(store: Arc<dyn Store>) {
         plan = plan.step_with(&format!("s{i}"), None, &[], priority);
     }
     let run = plan.create(&*store).await;
-    let other = RunPlan::new().step("elsewhere", None, &[]).create(&*store).await;
+    let other = RunPlan::new()
+        .step("elsewhere", None, &[])
+        .create(&*store)
+        .await;
     let w = worker("w1");
 
-    assert!(claim(&*store, &w, Some(run.id), 0).await.is_empty(), "limit 0 claims nothing");
+    assert!(
+        claim(&*store, &w, Some(run.id), 0).await.is_empty(),
+        "limit 0 claims nothing"
+    );
 
     let first = claim(&*store, &w, Some(run.id), 3).await;
     assert_eq!(first.len(), 3, "claim respects its limit");
     assert_eq!(assets(&first), ["s1", "s3", "s4"], "priority 5, 5, then 1");
-    assert!(first[0].id < first[1].id, "equal priority and schedule: lower id first");
+    assert!(
+        first[0].id < first[1].id,
+        "equal priority and schedule: lower id first"
+    );
 
     let second = claim(&*store, &w, Some(run.id), 10).await;
-    assert_eq!(assets(&second), ["s0", "s2", "s5"], "then the priority 0 steps by id");
-    assert!(claim(&*store, &w, Some(run.id), 10).await.is_empty(), "the run is drained");
+    assert_eq!(
+        assets(&second),
+        ["s0", "s2", "s5"],
+        "then the priority 0 steps by id"
+    );
+    assert!(
+        claim(&*store, &w, Some(run.id), 10).await.is_empty(),
+        "the run is drained"
+    );
 
     for step in first.iter().chain(&second) {
-        assert_eq!(step.run_id, run.id, "claim with a run only takes that run's steps");
+        assert_eq!(
+            step.run_id, run.id,
+            "claim with a run only takes that run's steps"
+        );
         assert_eq!(step.attempt, 1, "the first claim is attempt 1");
         assert_eq!(step.max_attempts, 3);
-        assert_eq!(step.trigger, Trigger::Cli, "the claim carries the run's trigger");
+        assert_eq!(
+            step.trigger,
+            Trigger::Cli,
+            "the claim carries the run's trigger"
+        );
         assert_eq!(step.user, "tester", "the claim carries the run's user");
     }
     let records = store.steps(run.id).await.must("steps");
     for record in &records {
         assert_eq!(record.state, StepState::Running);
-        assert_eq!(record.worker.as_ref(), Some(&w), "a claimed step records its worker");
+        assert_eq!(
+            record.worker.as_ref(),
+            Some(&w),
+            "a claimed step records its worker"
+        );
         assert_eq!(record.attempt, 1);
-        assert!(record.started_at.is_some(), "a claimed step records when it started");
+        assert!(
+            record.started_at.is_some(),
+            "a claimed step records when it started"
+        );
     }
 
     let rest = claim(&*store, &worker("w2"), None, 10).await;
-    assert_eq!(assets(&rest), ["elsewhere"], "claim without a run takes from any run");
+    assert_eq!(
+        assets(&rest),
+        ["elsewhere"],
+        "claim without a run takes from any run"
+    );
     assert_eq!(rest[0].run_id, other.id);
 }
 
@@ -236,9 +360,16 @@ pub async fn concurrent_claimers_never_share(store: Arc<dyn Store>) {
             assert!(seen.insert(id), "step {id} was claimed by two workers");
         }
     }
-    assert_eq!(seen.len(), STEPS, "the claimers together claimed every step once");
+    assert_eq!(
+        seen.len(),
+        STEPS,
+        "the claimers together claimed every step once"
+    );
     let counts = store.step_counts(run.id).await.must("step_counts");
-    assert_eq!(counts.completed, STEPS as u64, "every step completed: {counts:?}");
+    assert_eq!(
+        counts.completed, STEPS as u64,
+        "every step completed: {counts:?}"
+    );
 }
 
 /// A completion records the materialization with every field, its lineage
@@ -254,8 +385,14 @@ pub async fn completion_records_everything(store: Arc<dyn Store>) {
 
     let raw = claim_one(&*store, &w, run.id).await;
     let mut completion = completion_of(&raw, &w, vec![]);
-    completion.materialization.metadata.insert("rows".into(), serde_json::json!(336_776));
-    completion.materialization.metadata.insert("schema".into(), serde_json::json!({"a": [1]}));
+    completion
+        .materialization
+        .metadata
+        .insert("rows".into(), serde_json::json!(336_776));
+    completion
+        .materialization
+        .metadata
+        .insert("schema".into(), serde_json::json!({"a": [1]}));
     let expected = completion.materialization.clone();
     let outcomes = store.complete(vec![completion]).await.must("complete");
     let raw_m = recorded_id(&outcomes[0]);
@@ -263,12 +400,27 @@ pub async fn completion_records_everything(store: Arc<dyn Store>) {
     // The step moved and its downstream step was released in the same call.
     let steps = by_asset(&store.steps(run.id).await.must("steps"));
     let (raw_label, clean_label) = ("raw[2013-01-01]", "clean[2013-01-01]");
-    assert_eq!(steps[raw_label].state, StepState::Completed, "the completed step is completed");
-    assert!(steps[raw_label].finished_at.is_some(), "a completed step has finished_at");
-    assert_eq!(steps[clean_label].state, StepState::Available, "complete releases downstream");
+    assert_eq!(
+        steps[raw_label].state,
+        StepState::Completed,
+        "the completed step is completed"
+    );
+    assert!(
+        steps[raw_label].finished_at.is_some(),
+        "a completed step has finished_at"
+    );
+    assert_eq!(
+        steps[clean_label].state,
+        StepState::Available,
+        "complete releases downstream"
+    );
 
     // Every field comes back as written.
-    let m = store.materialization(raw_m).await.must("materialization").expect("recorded");
+    let m = store
+        .materialization(raw_m)
+        .await
+        .must("materialization")
+        .expect("recorded");
     assert_eq!(m.id, raw_m);
     assert_eq!(m.target, expected.target);
     assert_eq!(m.run_id, run.id);
@@ -280,15 +432,22 @@ pub async fn completion_records_everything(store: Arc<dyn Store>) {
     assert_eq!(m.user, "tester");
     assert_eq!(m.code_version, expected.code_version);
     assert_eq!(m.data_version, expected.data_version);
-    assert_eq!(m.metadata, expected.metadata, "metadata round-trips as JSON");
+    assert_eq!(
+        m.metadata, expected.metadata,
+        "metadata round-trips as JSON"
+    );
     assert_eq!(m.location, expected.location);
     assert_eq!(m.io_manager, expected.io_manager);
 
     // The caller's event, then the store's `materialized` event.
     let events = store.events(run.id, None, 100).await.must("events");
-    let mine: Vec<&EventRecord> = events.iter().filter(|e| e.step_id == Some(raw.id)).collect();
+    let mine: Vec<&EventRecord> = events
+        .iter()
+        .filter(|e| e.step_id == Some(raw.id))
+        .collect();
     assert!(
-        mine.iter().any(|e| e.kind == EventKind::Log && e.message == format!("ran {}", raw.id)),
+        mine.iter()
+            .any(|e| e.kind == EventKind::Log && e.message == format!("ran {}", raw.id)),
         "the completion's own events are recorded: {mine:?}"
     );
     let materialized = mine
@@ -303,12 +462,17 @@ pub async fn completion_records_everything(store: Arc<dyn Store>) {
 
     // A downstream completion records its lineage edge.
     let clean = claim_one(&*store, &w, run.id).await;
-    let outcomes = store.complete(vec![completion_of(&clean, &w, vec![raw_m])]).await;
+    let outcomes = store
+        .complete(vec![completion_of(&clean, &w, vec![raw_m])])
+        .await;
     let clean_m = recorded_id(&outcomes.must("complete")[0]);
     let inputs = store.inputs_of(&[clean_m]).await.must("inputs_of");
     assert_eq!(inputs.len(), 1, "one lineage edge: {inputs:?}");
     assert_eq!((inputs[0].0.consumer, inputs[0].0.input), (clean_m, raw_m));
-    assert_eq!(inputs[0].1.id, raw_m, "inputs_of returns the input's record");
+    assert_eq!(
+        inputs[0].1.id, raw_m,
+        "inputs_of returns the input's record"
+    );
 
     let of_run: Vec<MaterializationId> = store
         .materializations_of_run(run.id)
@@ -317,13 +481,21 @@ pub async fn completion_records_everything(store: Arc<dyn Store>) {
         .iter()
         .map(|m| m.id)
         .collect();
-    assert_eq!(of_run, vec![raw_m, clean_m], "materializations of the run, in id order");
+    assert_eq!(
+        of_run,
+        vec![raw_m, clean_m],
+        "materializations of the run, in id order"
+    );
 }
 
 /// A batch that cannot be recorded whole (here, an input that does not exist)
 /// fails and writes nothing, not even for its good items.
 pub async fn failed_batch_writes_nothing(store: Arc<dyn Store>) {
-    let run = RunPlan::new().step("a", None, &[]).step("b", None, &[]).create(&*store).await;
+    let run = RunPlan::new()
+        .step("a", None, &[])
+        .step("b", None, &[])
+        .create(&*store)
+        .await;
     let w = worker("w1");
     let claimed = claim(&*store, &w, Some(run.id), 10).await;
     assert_eq!(claimed.len(), 2);
@@ -332,17 +504,34 @@ pub async fn failed_batch_writes_nothing(store: Arc<dyn Store>) {
     let good = completion_of(&claimed[0], &w, vec![]);
     let bad = completion_of(&claimed[1], &w, vec![MaterializationId(i64::MAX - 7)]);
     let result = store.complete(vec![good, bad]).await;
-    assert!(result.is_err(), "a completion reading a missing materialization must fail");
+    assert!(
+        result.is_err(),
+        "a completion reading a missing materialization must fail"
+    );
 
     let counts = store.step_counts(run.id).await.must("step_counts");
-    assert_eq!(counts.running, 2, "no step of the failed batch moved: {counts:?}");
-    let recorded = store.materializations_of_run(run.id).await.must("materializations_of_run");
-    assert!(recorded.is_empty(), "no materialization of the failed batch: {recorded:?}");
+    assert_eq!(
+        counts.running, 2,
+        "no step of the failed batch moved: {counts:?}"
+    );
+    let recorded = store
+        .materializations_of_run(run.id)
+        .await
+        .must("materializations_of_run");
+    assert!(
+        recorded.is_empty(),
+        "no materialization of the failed batch: {recorded:?}"
+    );
     let events_after = store.events(run.id, None, 1000).await.must("events").len();
     assert_eq!(events_before, events_after, "no event of the failed batch");
 
-    let outcomes = store.complete(vec![completion_of(&claimed[0], &w, vec![])]).await;
-    assert!(matches!(outcomes.must("complete")[0], Outcome::Recorded(Some(_))), "retry works");
+    let outcomes = store
+        .complete(vec![completion_of(&claimed[0], &w, vec![])])
+        .await;
+    assert!(
+        matches!(outcomes.must("complete")[0], Outcome::Recorded(Some(_))),
+        "retry works"
+    );
 }
 
 /// After `release` moved a step back and another worker claimed it with a
@@ -350,38 +539,76 @@ pub async fn failed_batch_writes_nothing(store: Arc<dyn Store>) {
 /// writes nothing; a wrong attempt or worker is fenced too; a batch records its
 /// good items beside fenced ones.
 pub async fn zombie_completion_is_fenced(store: Arc<dyn Store>) {
-    let run = RunPlan::new().step("a", None, &[]).step("b", None, &[]).create(&*store).await;
+    let run = RunPlan::new()
+        .step("a", None, &[])
+        .step("b", None, &[])
+        .create(&*store)
+        .await;
     let (zombie, rescuer) = (worker("zombie"), worker("rescuer"));
 
     let first = claim(&*store, &zombie, Some(run.id), 1).await;
     assert_eq!(assets(&first), ["a"]);
-    let released = store.release(None, std::slice::from_ref(&zombie), "worker lost", now()).await;
-    assert_eq!(released.must("release"), vec![first[0].id], "release returns the step");
+    let released = store
+        .release(None, std::slice::from_ref(&zombie), "worker lost", now())
+        .await;
+    assert_eq!(
+        released.must("release"),
+        vec![first[0].id],
+        "release returns the step"
+    );
 
     let second = claim(&*store, &rescuer, Some(run.id), 1).await;
-    assert_eq!(second[0].id, first[0].id, "the released step is claimable again");
+    assert_eq!(
+        second[0].id, first[0].id,
+        "the released step is claimable again"
+    );
     assert_eq!(second[0].attempt, 2, "the new claim is attempt 2");
     let events_before = store.events(run.id, None, 1000).await.must("events");
 
     // The zombie's completion and failure are fenced.
-    let outcomes = store.complete(vec![completion_of(&first[0], &zombie, vec![])]).await;
-    assert_eq!(outcomes.must("complete"), vec![Outcome::Fenced], "a zombie completion");
+    let outcomes = store
+        .complete(vec![completion_of(&first[0], &zombie, vec![])])
+        .await;
+    assert_eq!(
+        outcomes.must("complete"),
+        vec![Outcome::Fenced],
+        "a zombie completion"
+    );
     let outcomes = store.fail(vec![failure_of(&first[0], &zombie, None)]).await;
-    assert_eq!(outcomes.must("fail"), vec![Outcome::Fenced], "a zombie failure");
+    assert_eq!(
+        outcomes.must("fail"),
+        vec![Outcome::Fenced],
+        "a zombie failure"
+    );
 
     // So are the rescuer's own items with a wrong attempt or worker.
     let mut wrong_attempt = completion_of(&second[0], &rescuer, vec![]);
     wrong_attempt.attempt = 1;
     let wrong_worker = completion_of(&second[0], &zombie, vec![]);
-    let outcomes = store.complete(vec![wrong_attempt, wrong_worker]).await.must("complete");
-    assert_eq!(outcomes, vec![Outcome::Fenced, Outcome::Fenced], "wrong attempt, wrong worker");
+    let outcomes = store
+        .complete(vec![wrong_attempt, wrong_worker])
+        .await
+        .must("complete");
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Fenced, Outcome::Fenced],
+        "wrong attempt, wrong worker"
+    );
 
     assert!(
-        store.materializations_of_run(run.id).await.must("materializations_of_run").is_empty(),
+        store
+            .materializations_of_run(run.id)
+            .await
+            .must("materializations_of_run")
+            .is_empty(),
         "a fenced completion writes no materialization"
     );
     let events_after = store.events(run.id, None, 1000).await.must("events");
-    assert_eq!(events_before.len(), events_after.len(), "a fenced item writes no event");
+    assert_eq!(
+        events_before.len(),
+        events_after.len(),
+        "a fenced item writes no event"
+    );
     let step = &by_asset(&store.steps(run.id).await.must("steps"))["a"];
     assert_eq!(step.state, StepState::Running, "the rescuer's claim stands");
     assert_eq!((step.attempt, step.worker.as_ref()), (2, Some(&rescuer)));
@@ -394,44 +621,107 @@ pub async fn zombie_completion_is_fenced(store: Arc<dyn Store>) {
         completion_of(&b, &rescuer, vec![]),
     ];
     let outcomes = store.complete(batch).await.must("complete");
-    assert_eq!(outcomes[0], Outcome::Fenced, "the zombie item of a mixed batch");
+    assert_eq!(
+        outcomes[0],
+        Outcome::Fenced,
+        "the zombie item of a mixed batch"
+    );
     recorded_id(&outcomes[1]);
     recorded_id(&outcomes[2]);
 
     // Completing a completed step is fenced too.
-    let again = store.complete(vec![completion_of(&second[0], &rescuer, vec![])]).await;
-    assert_eq!(again.must("complete"), vec![Outcome::Fenced], "a second completion");
-    let recorded = store.materializations_of_run(run.id).await.must("materializations_of_run");
-    assert_eq!(recorded.len(), 2, "one materialization per completed step: {recorded:?}");
-    assert_eq!(recorded[0].attempt, 2, "the materialization is the rescuer's attempt");
+    let again = store
+        .complete(vec![completion_of(&second[0], &rescuer, vec![])])
+        .await;
+    assert_eq!(
+        again.must("complete"),
+        vec![Outcome::Fenced],
+        "a second completion"
+    );
+    let recorded = store
+        .materializations_of_run(run.id)
+        .await
+        .must("materializations_of_run");
+    assert_eq!(
+        recorded.len(),
+        2,
+        "one materialization per completed step: {recorded:?}"
+    );
+    assert_eq!(
+        recorded[0].attempt, 2,
+        "the materialization is the rescuer's attempt"
+    );
 }
 
 /// A failure with `retry_at` makes the step `retryable`: not claimable before
 /// then, reported by `next_retry_at`, claimable after with the next attempt.
 pub async fn retryable_waits_for_retry_at(store: Arc<dyn Store>) {
-    let run =
-        RunPlan::new().step("flaky", None, &[]).step("after", None, &[0]).create(&*store).await;
+    let run = RunPlan::new()
+        .step("flaky", None, &[])
+        .step("after", None, &[0])
+        .create(&*store)
+        .await;
     let w = worker("w1");
 
     let step = claim_one(&*store, &w, run.id).await;
     let retry_at = now() + SignedDuration::from_millis(600);
-    let outcomes = store.fail(vec![failure_of(&step, &w, Some(retry_at))]).await;
+    let outcomes = store
+        .fail(vec![failure_of(&step, &w, Some(retry_at))])
+        .await;
     assert_eq!(outcomes.must("fail"), vec![Outcome::Recorded(None)]);
 
     let record = &by_asset(&store.steps(run.id).await.must("steps"))["flaky"];
-    assert_eq!(record.state, StepState::Retryable, "a failure with retry_at is retryable");
-    assert_eq!(record.error.as_deref(), Some("boom"), "the retryable step keeps the error");
-    assert_eq!(run.state_of(&*store, "after").await, StepState::Pending, "downstream waits");
-    assert!(claim(&*store, &w, None, 10).await.is_empty(), "not claimable before retry_at");
-    assert_eq!(store.next_retry_at(Some(run.id)).await.must("next_retry_at"), Some(retry_at));
-    assert_eq!(store.next_retry_at(None).await.must("next_retry_at"), Some(retry_at));
-    assert_eq!(store.next_retry_at(Some(RunId::new())).await.must("next_retry_at"), None);
+    assert_eq!(
+        record.state,
+        StepState::Retryable,
+        "a failure with retry_at is retryable"
+    );
+    assert_eq!(
+        record.error.as_deref(),
+        Some("boom"),
+        "the retryable step keeps the error"
+    );
+    assert_eq!(
+        run.state_of(&*store, "after").await,
+        StepState::Pending,
+        "downstream waits"
+    );
+    assert!(
+        claim(&*store, &w, None, 10).await.is_empty(),
+        "not claimable before retry_at"
+    );
+    assert_eq!(
+        store
+            .next_retry_at(Some(run.id))
+            .await
+            .must("next_retry_at"),
+        Some(retry_at)
+    );
+    assert_eq!(
+        store.next_retry_at(None).await.must("next_retry_at"),
+        Some(retry_at)
+    );
+    assert_eq!(
+        store
+            .next_retry_at(Some(RunId::new()))
+            .await
+            .must("next_retry_at"),
+        None
+    );
 
     tokio::time::sleep(Duration::from_millis(800)).await;
     let again = claim(&*store, &w, None, 10).await;
     assert_eq!(again.len(), 1, "claimable after retry_at");
-    assert_eq!((again[0].id, again[0].attempt), (step.id, 2), "the retry is attempt 2");
-    assert_eq!(store.next_retry_at(None).await.must("next_retry_at"), None, "none left");
+    assert_eq!(
+        (again[0].id, again[0].attempt),
+        (step.id, 2),
+        "the retry is attempt 2"
+    );
+    assert_eq!(
+        store.next_retry_at(None).await.must("next_retry_at"),
+        None,
+        "none left"
+    );
 
     complete_all(&*store, &w, &again).await;
     assert_eq!(run.state_of(&*store, "after").await, StepState::Available);
@@ -456,23 +746,42 @@ pub async fn final_failure_skips_downstream(store: Arc<dyn Store>) {
 
     let claimed = claim(&*store, &w, Some(run.id), 10).await;
     assert_eq!(assets(&claimed), ["raw_flights", "weather", "planes"]);
-    let outcomes = store.fail(vec![failure_of(&claimed[0], &w, None)]).await.must("fail");
+    let outcomes = store
+        .fail(vec![failure_of(&claimed[0], &w, None)])
+        .await
+        .must("fail");
     assert_eq!(outcomes, vec![Outcome::Recorded(None)]);
     complete_all(&*store, &w, &claimed[1..]).await;
 
     let steps = by_asset(&store.steps(run.id).await.must("steps"));
     let step = |asset: &str| &steps[&format!("{asset}[2013-01-02]")];
-    assert_eq!(step("raw_flights").state, StepState::Failed, "the final failure");
+    assert_eq!(
+        step("raw_flights").state,
+        StepState::Failed,
+        "the final failure"
+    );
     assert_eq!(step("raw_flights").error.as_deref(), Some("boom"));
     assert!(step("raw_flights").finished_at.is_some());
     let cause = "upstream raw_flights[2013-01-02] failed";
     for name in ["clean", "report", "joined"] {
-        assert_eq!(step(name).state, StepState::Skipped, "{name} is downstream of the failure");
-        assert_eq!(step(name).error.as_deref(), Some(cause), "{name} names the cause");
+        assert_eq!(
+            step(name).state,
+            StepState::Skipped,
+            "{name} is downstream of the failure"
+        );
+        assert_eq!(
+            step(name).error.as_deref(),
+            Some(cause),
+            "{name} names the cause"
+        );
     }
     assert_eq!(step("weather").state, StepState::Completed);
     assert_eq!(step("planes").state, StepState::Completed);
-    assert_eq!(step("fleet").state, StepState::Available, "the independent branch goes on");
+    assert_eq!(
+        step("fleet").state,
+        StepState::Available,
+        "the independent branch goes on"
+    );
 
     let events = store.events(run.id, None, 1000).await.must("events");
     for name in ["clean", "report", "joined"] {
@@ -480,11 +789,22 @@ pub async fn final_failure_skips_downstream(store: Arc<dyn Store>) {
             .iter()
             .filter(|e| e.kind == EventKind::StepSkipped && e.step_id == Some(step(name).id))
             .collect();
-        assert_eq!(skipped.len(), 1, "one step_skipped event for {name}: {events:?}");
-        assert!(skipped[0].message.contains(cause), "the event names the cause");
+        assert_eq!(
+            skipped.len(),
+            1,
+            "one step_skipped event for {name}: {events:?}"
+        );
+        assert!(
+            skipped[0].message.contains(cause),
+            "the event names the cause"
+        );
     }
     let counts = store.step_counts(run.id).await.must("step_counts");
-    assert_eq!((counts.failed, counts.skipped, counts.completed), (1, 3, 2), "{counts:?}");
+    assert_eq!(
+        (counts.failed, counts.skipped, counts.completed),
+        (1, 3, 2),
+        "{counts:?}"
+    );
 }
 
 /// Cancelling a run ends its steps that have not started; running steps may
@@ -501,20 +821,52 @@ pub async fn cancel_run_ends_waiting_steps(store: Arc<dyn Store>) {
     assert_eq!(a.target.asset.as_str(), "a");
 
     let at = now();
-    assert!(store.cancel_run(run.id, at).await.must("cancel_run"), "cancel_run changes a run");
+    assert!(
+        store.cancel_run(run.id, at).await.must("cancel_run"),
+        "cancel_run changes a run"
+    );
     let record = store.run(run.id).await.must("run").expect("the run");
     assert_eq!(record.state, RunState::Cancelled);
-    assert_eq!(record.finished_at, Some(at), "a cancelled run has finished_at");
+    assert_eq!(
+        record.finished_at,
+        Some(at),
+        "a cancelled run has finished_at"
+    );
     let steps = by_asset(&store.steps(run.id).await.must("steps"));
-    assert_eq!(steps["a"].state, StepState::Running, "a running step is left to finish");
-    assert_eq!(steps["b"].state, StepState::Cancelled, "a pending step is cancelled");
-    assert_eq!(steps["c"].state, StepState::Cancelled, "an available step is cancelled");
-    assert!(claim(&*store, &w, None, 10).await.is_empty(), "nothing of the run is claimable");
+    assert_eq!(
+        steps["a"].state,
+        StepState::Running,
+        "a running step is left to finish"
+    );
+    assert_eq!(
+        steps["b"].state,
+        StepState::Cancelled,
+        "a pending step is cancelled"
+    );
+    assert_eq!(
+        steps["c"].state,
+        StepState::Cancelled,
+        "an available step is cancelled"
+    );
+    assert!(
+        claim(&*store, &w, None, 10).await.is_empty(),
+        "nothing of the run is claimable"
+    );
 
-    assert!(!store.cancel_run(run.id, now()).await.must("cancel_run"), "a second cancel");
-    let outcomes = store.complete(vec![completion_of(&a, &w, vec![])]).await.must("complete");
+    assert!(
+        !store.cancel_run(run.id, now()).await.must("cancel_run"),
+        "a second cancel"
+    );
+    let outcomes = store
+        .complete(vec![completion_of(&a, &w, vec![])])
+        .await
+        .must("complete");
     recorded_id(&outcomes[0]);
-    assert_eq!(run.state_of(&*store, "b").await, StepState::Cancelled, "b stays cancelled");
+    assert_eq!(
+        run.state_of(&*store, "b").await,
+        StepState::Cancelled,
+        "b stays cancelled"
+    );
 }
 
 /// `set_run_state` changes the state only from one of the given states and
@@ -528,25 +880,41 @@ pub async fn set_run_state_checks_from(store: Arc<dyn Store>) {
     };
 
     let changed = store.set_run_state(run.id, &[RunState::Interrupted], RunState::Running, now());
-    assert!(!changed.await.must("set_run_state"), "a running run is not interrupted");
+    assert!(
+        !changed.await.must("set_run_state"),
+        "a running run is not interrupted"
+    );
     let changed = store.set_run_state(
         run.id,
         &[RunState::Running, RunState::Interrupted],
         RunState::Interrupted,
         now(),
     );
-    assert!(changed.await.must("set_run_state"), "running -> interrupted");
+    assert!(
+        changed.await.must("set_run_state"),
+        "running -> interrupted"
+    );
     assert_eq!(state(store.clone()).await, (RunState::Interrupted, None));
 
     let changed = store.set_run_state(run.id, &[RunState::Interrupted], RunState::Running, now());
-    assert!(changed.await.must("set_run_state"), "interrupted -> running");
+    assert!(
+        changed.await.must("set_run_state"),
+        "interrupted -> running"
+    );
     let at = now();
     let changed = store.set_run_state(run.id, &[RunState::Running], RunState::Succeeded, at);
     assert!(changed.await.must("set_run_state"), "running -> succeeded");
-    assert_eq!(state(store.clone()).await, (RunState::Succeeded, Some(at)), "finished_at set");
+    assert_eq!(
+        state(store.clone()).await,
+        (RunState::Succeeded, Some(at)),
+        "finished_at set"
+    );
 
     let changed = store.set_run_state(run.id, &[RunState::Running], RunState::Failed, now());
-    assert!(!changed.await.must("set_run_state"), "a succeeded run stays succeeded");
+    assert!(
+        !changed.await.must("set_run_state"),
+        "a succeeded run stays succeeded"
+    );
     assert_eq!(state(store.clone()).await.0, RunState::Succeeded);
 }
 
@@ -556,7 +924,11 @@ pub async fn events_in_order_with_paging(store: Arc<dyn Store>) {
     let run = RunPlan::new().step("a", None, &[]).create(&*store).await;
     let other = RunPlan::new().step("a", None, &[]).create(&*store).await;
     let step = run.ids["a"];
-    let kinds = [EventKind::RunStarted, EventKind::Log, EventKind::StepStarted];
+    let kinds = [
+        EventKind::RunStarted,
+        EventKind::Log,
+        EventKind::StepStarted,
+    ];
     let levels = [Level::Debug, Level::Info, Level::Warn, Level::Error];
 
     let event = |run_id: RunId, i: usize| NewEvent {
@@ -569,10 +941,22 @@ pub async fn events_in_order_with_paging(store: Arc<dyn Store>) {
         data: serde_json::json!({ "i": i, "nested": { "list": [i, "x"] } }),
     };
     let mine: Vec<NewEvent> = (0..25).map(|i| event(run.id, i)).collect();
-    store.append_events(mine[..10].to_vec()).await.must("append_events");
-    store.append_events((0..3).map(|i| event(other.id, 100 + i)).collect()).await.must("append");
-    store.append_events(mine[10..].to_vec()).await.must("append_events");
-    store.append_events(vec![]).await.must("append_events of nothing");
+    store
+        .append_events(mine[..10].to_vec())
+        .await
+        .must("append_events");
+    store
+        .append_events((0..3).map(|i| event(other.id, 100 + i)).collect())
+        .await
+        .must("append");
+    store
+        .append_events(mine[10..].to_vec())
+        .await
+        .must("append_events");
+    store
+        .append_events(vec![])
+        .await
+        .must("append_events of nothing");
 
     let mut read: Vec<EventRecord> = Vec::new();
     let mut after: Option<EventId> = None;
@@ -587,14 +971,20 @@ pub async fn events_in_order_with_paging(store: Arc<dyn Store>) {
         read.extend(page);
     }
     assert_eq!(pages, [10, 10, 5], "pages of 10 after the last id seen");
-    assert!(read.windows(2).all(|w| w[0].id < w[1].id), "event ids increase");
+    assert!(
+        read.windows(2).all(|w| w[0].id < w[1].id),
+        "event ids increase"
+    );
     for (i, (got, want)) in read.iter().zip(&mine).enumerate() {
         assert_eq!(got.run_id, run.id, "event {i}: only the run's own events");
         assert_eq!(got.step_id, want.step_id, "event {i}: step");
         assert_eq!(got.at, want.at, "event {i}: at");
         assert_eq!(got.kind, want.kind, "event {i}: kind");
         assert_eq!(got.level, want.level, "event {i}: level");
-        assert_eq!(got.message, want.message, "event {i}: message, in order appended");
+        assert_eq!(
+            got.message, want.message,
+            "event {i}: message, in order appended"
+        );
         assert_eq!(got.data, want.data, "event {i}: data");
     }
     let others = store.events(other.id, None, 100).await.must("events");
@@ -620,7 +1010,10 @@ pub async fn latest_materializations_and_partitions(store: Arc<dyn Store>) {
     let claimed = claim(&*store, &w, Some(first.id), 10).await;
     let (done, p4): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|c| c.target != flights("p4"));
     let old = complete_all(&*store, &w, &done).await;
-    store.fail(vec![failure_of(&p4[0], &w, None)]).await.must("fail");
+    store
+        .fail(vec![failure_of(&p4[0], &w, None)])
+        .await
+        .must("fail");
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     // Then p1 again, p2 fails, p3 only fails, p4 succeeds.
@@ -632,9 +1025,18 @@ pub async fn latest_materializations_and_partitions(store: Arc<dyn Store>) {
         .create(&*store)
         .await;
     let claimed = claim(&*store, &w, Some(second.id), 10).await;
-    let pick = |p: &str| claimed.iter().find(|c| c.target == flights(p)).expect("claimed").clone();
+    let pick = |p: &str| {
+        claimed
+            .iter()
+            .find(|c| c.target == flights(p))
+            .expect("claimed")
+            .clone()
+    };
     let new = complete_all(&*store, &w, &[pick("p1"), pick("p4")]).await;
-    let failures = vec![failure_of(&pick("p2"), &w, None), failure_of(&pick("p3"), &w, None)];
+    let failures = vec![
+        failure_of(&pick("p2"), &w, None),
+        failure_of(&pick("p3"), &w, None),
+    ];
     store.fail(failures).await.must("fail");
 
     let latest = store
@@ -649,15 +1051,36 @@ pub async fn latest_materializations_and_partitions(store: Arc<dyn Store>) {
         .must("latest_materializations");
     let latest: HashMap<AssetPartition, MaterializationId> =
         latest.iter().map(|m| (m.target.clone(), m.id)).collect();
-    assert_eq!(latest.len(), 3, "p1, p2 and summary have materializations: {latest:?}");
-    assert_eq!(latest[&flights("p1")], new[0], "the newest of p1's two materializations");
-    assert!(old.contains(&latest[&flights("p2")]), "p2's only materialization");
-    assert!(old.contains(&latest[&target("summary", None)]), "an unpartitioned asset");
+    assert_eq!(
+        latest.len(),
+        3,
+        "p1, p2 and summary have materializations: {latest:?}"
+    );
+    assert_eq!(
+        latest[&flights("p1")],
+        new[0],
+        "the newest of p1's two materializations"
+    );
+    assert!(
+        old.contains(&latest[&flights("p2")]),
+        "p2's only materialization"
+    );
+    assert!(
+        old.contains(&latest[&target("summary", None)]),
+        "an unpartitioned asset"
+    );
 
     let partitions = store.partitions(&key("flights")).await.must("partitions");
     let by_key: BTreeMap<String, _> = partitions
         .iter()
-        .map(|p| (p.partition.as_ref().map_or("-".into(), |k| k.as_str().to_owned()), p))
+        .map(|p| {
+            (
+                p.partition
+                    .as_ref()
+                    .map_or("-".into(), |k| k.as_str().to_owned()),
+                p,
+            )
+        })
         .collect();
     assert_eq!(
         by_key.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -669,18 +1092,39 @@ pub async fn latest_materializations_and_partitions(store: Arc<dyn Store>) {
     assert_eq!(latest_id("p1"), Some(new[0]));
     assert_eq!(failure_step("p1"), None, "p1 never failed");
     assert_eq!(latest_id("p2"), latest.get(&flights("p2")).copied());
-    assert_eq!(failure_step("p2"), Some(pick("p2").id), "p2's failure is newer: it shows");
+    assert_eq!(
+        failure_step("p2"),
+        Some(pick("p2").id),
+        "p2's failure is newer: it shows"
+    );
     let p2_failure = by_key["p2"].failure.as_ref().expect("failure");
-    assert_eq!((p2_failure.run_id, p2_failure.error.as_str()), (second.id, "boom"));
+    assert_eq!(
+        (p2_failure.run_id, p2_failure.error.as_str()),
+        (second.id, "boom")
+    );
     assert_eq!(latest_id("p3"), None, "p3 was never materialized");
-    assert_eq!(failure_step("p3"), Some(pick("p3").id), "p3's failure shows");
+    assert_eq!(
+        failure_step("p3"),
+        Some(pick("p3").id),
+        "p3's failure shows"
+    );
     assert_eq!(latest_id("p4"), Some(new[1]));
-    assert_eq!(failure_step("p4"), None, "p4's failure is older than its materialization");
+    assert_eq!(
+        failure_step("p4"),
+        None,
+        "p4's failure is older than its materialization"
+    );
 
     let summary = store.partitions(&key("summary")).await.must("partitions");
     assert_eq!(summary.len(), 1, "an unpartitioned asset has one record");
     assert_eq!(summary[0].partition, None);
-    assert!(store.partitions(&key("nothing")).await.must("partitions").is_empty());
+    assert!(
+        store
+            .partitions(&key("nothing"))
+            .await
+            .must("partitions")
+            .is_empty()
+    );
 }
 
 /// `inputs_of` and `consumers_of` follow lineage edges both ways, for several
@@ -713,24 +1157,49 @@ pub async fn lineage_both_ways(store: Arc<dyn Store>) {
         pairs
             .into_iter()
             .map(|(edge, m)| {
-                assert!(m.id == edge.input || m.id == edge.consumer, "record matches its edge");
+                assert!(
+                    m.id == edge.input || m.id == edge.consumer,
+                    "record matches its edge"
+                );
                 (edge.consumer, edge.input)
             })
             .collect::<BTreeSet<_>>()
     };
     let inputs = edges(store.inputs_of(&[b]).await.must("inputs_of"));
-    assert_eq!(inputs, BTreeSet::from([(b, a1), (b, a2)]), "b read a1 and a2");
+    assert_eq!(
+        inputs,
+        BTreeSet::from([(b, a1), (b, a2)]),
+        "b read a1 and a2"
+    );
     let inputs = edges(store.inputs_of(&[b, c]).await.must("inputs_of"));
-    assert_eq!(inputs, BTreeSet::from([(b, a1), (b, a2), (c, a1)]), "inputs of b and c");
+    assert_eq!(
+        inputs,
+        BTreeSet::from([(b, a1), (b, a2), (c, a1)]),
+        "inputs of b and c"
+    );
     let consumers = edges(store.consumers_of(&[a1]).await.must("consumers_of"));
-    assert_eq!(consumers, BTreeSet::from([(b, a1), (c, a1)]), "a1 was read by b and c");
+    assert_eq!(
+        consumers,
+        BTreeSet::from([(b, a1), (c, a1)]),
+        "a1 was read by b and c"
+    );
     for (edge, m) in store.consumers_of(&[a1]).await.must("consumers_of") {
-        assert_eq!(m.id, edge.consumer, "consumers_of returns the consumers' records");
+        assert_eq!(
+            m.id, edge.consumer,
+            "consumers_of returns the consumers' records"
+        );
     }
     for (edge, m) in store.inputs_of(&[b]).await.must("inputs_of") {
         assert_eq!(m.id, edge.input, "inputs_of returns the inputs' records");
     }
-    assert!(store.consumers_of(&[b]).await.must("consumers_of").is_empty(), "nobody read b");
+    assert!(
+        store
+            .consumers_of(&[b])
+            .await
+            .must("consumers_of")
+            .is_empty(),
+        "nobody read b"
+    );
     assert!(store.inputs_of(&[]).await.must("inputs_of").is_empty());
 }
 
@@ -754,45 +1223,86 @@ pub async fn step_counts_and_running_workers(store: Arc<dyn Store>) {
     };
     let counts = store.step_counts(run.id).await.must("step_counts");
     assert_eq!(counts, expect(1, 6, 0, 0, 0), "a fresh run");
-    assert!(store.running_workers(run.id).await.must("running_workers").is_empty());
+    assert!(
+        store
+            .running_workers(run.id)
+            .await
+            .must("running_workers")
+            .is_empty()
+    );
 
     let one = claim(&*store, &w1, Some(run.id), 2).await;
     let two = claim(&*store, &w2, Some(run.id), 2).await;
     complete_all(&*store, &w1, &one[..1]).await;
     let later = now() + SignedDuration::from_hours(1);
-    store.fail(vec![failure_of(&two[0], &w2, Some(later))]).await.must("fail");
+    store
+        .fail(vec![failure_of(&two[0], &w2, Some(later))])
+        .await
+        .must("fail");
 
     let counts = store.step_counts(run.id).await.must("step_counts");
-    assert_eq!(counts, expect(1, 2, 2, 1, 1), "after claims, a completion and a retry");
+    assert_eq!(
+        counts,
+        expect(1, 2, 2, 1, 1),
+        "after claims, a completion and a retry"
+    );
     let record = store.run(run.id).await.must("run").expect("the run");
     assert_eq!(record.steps, counts, "run() counts like step_counts");
     let mut running = store.running_workers(run.id).await.must("running_workers");
     running.sort();
-    assert_eq!(running, vec![w1.clone(), w2.clone()], "both workers hold a running step");
-    assert_eq!(store.step_counts(RunId::new()).await.must("step_counts"), StepCounts::default());
+    assert_eq!(
+        running,
+        vec![w1.clone(), w2.clone()],
+        "both workers hold a running step"
+    );
+    assert_eq!(
+        store.step_counts(RunId::new()).await.must("step_counts"),
+        StepCounts::default()
+    );
 }
 
 /// `release` moves the given workers' running steps (of one run, if given)
 /// back to `available` with their attempt and an event; other steps stay.
 pub async fn release_returns_steps_to_queue(store: Arc<dyn Store>) {
-    let run = RunPlan::new().step("a", None, &[]).step("b", None, &[]).create(&*store).await;
+    let run = RunPlan::new()
+        .step("a", None, &[])
+        .step("b", None, &[])
+        .create(&*store)
+        .await;
     let other = RunPlan::new().step("x", None, &[]).create(&*store).await;
     let (w1, w2) = (worker("w1"), worker("w2"));
     let a = claim(&*store, &w1, Some(run.id), 1).await;
     let b = claim(&*store, &w2, Some(run.id), 1).await;
     let x = claim(&*store, &w1, Some(other.id), 1).await;
 
-    let none = store.release(None, &[worker("nobody")], "test", now()).await.must("release");
+    let none = store
+        .release(None, &[worker("nobody")], "test", now())
+        .await
+        .must("release");
     assert!(none.is_empty(), "a worker without steps releases nothing");
-    let released =
-        store.release(Some(run.id), std::slice::from_ref(&w1), "worker stopped", now()).await;
-    assert_eq!(released.must("release"), vec![a[0].id], "only w1's step of the run");
+    let released = store
+        .release(
+            Some(run.id),
+            std::slice::from_ref(&w1),
+            "worker stopped",
+            now(),
+        )
+        .await;
+    assert_eq!(
+        released.must("release"),
+        vec![a[0].id],
+        "only w1's step of the run"
+    );
 
     let steps = by_asset(&store.steps(run.id).await.must("steps"));
     assert_eq!(steps["a"].state, StepState::Available, "released");
     assert_eq!(steps["a"].attempt, 1, "release keeps the attempt");
     assert_eq!(steps["b"].state, StepState::Running, "w2's step stays");
-    assert_eq!(other.state_of(&*store, "x").await, StepState::Running, "the other run's step");
+    assert_eq!(
+        other.state_of(&*store, "x").await,
+        StepState::Running,
+        "the other run's step"
+    );
     let events = store.events(run.id, None, 100).await.must("events");
     assert!(
         events.iter().any(|e| e.kind == EventKind::StepReleased
@@ -801,10 +1311,16 @@ pub async fn release_returns_steps_to_queue(store: Arc<dyn Store>) {
         "release records a step_released event with the reason: {events:?}"
     );
 
-    let released = store.release(None, &[w1.clone(), w2.clone()], "shutdown", now()).await;
+    let released = store
+        .release(None, &[w1.clone(), w2.clone()], "shutdown", now())
+        .await;
     let mut released = released.must("release");
     released.sort();
-    assert_eq!(released, vec![b[0].id, x[0].id], "every run when no run is given");
+    assert_eq!(
+        released,
+        vec![b[0].id, x[0].id],
+        "every run when no run is given"
+    );
 }
 
 /// Workers register, heartbeat and deregister; a heartbeat leaves the worker's
@@ -818,31 +1334,76 @@ pub async fn heartbeat_and_workers(store: Arc<dyn Store>) {
         started_at: started,
         heartbeat_at: started,
     };
-    store.register_worker(&record("w1", 11)).await.must("register_worker");
-    store.register_worker(&record("w2", 22)).await.must("register_worker");
+    store
+        .register_worker(&record("w1", 11))
+        .await
+        .must("register_worker");
+    store
+        .register_worker(&record("w2", 22))
+        .await
+        .must("register_worker");
     let workers = store.workers().await.must("workers");
     let ids: BTreeSet<&str> = workers.iter().map(|w| w.id.0.as_str()).collect();
-    assert_eq!(ids, BTreeSet::from(["w1", "w2"]), "both workers are registered");
+    assert_eq!(
+        ids,
+        BTreeSet::from(["w1", "w2"]),
+        "both workers are registered"
+    );
     let w1 = workers.iter().find(|w| w.id.0 == "w1").expect("w1");
-    assert_eq!((w1.host.as_str(), w1.pid, w1.started_at), ("host-1", 11, started));
+    assert_eq!(
+        (w1.host.as_str(), w1.pid, w1.started_at),
+        ("host-1", 11, started)
+    );
 
     let run = RunPlan::new().step("a", None, &[]).create(&*store).await;
     let step = claim_one(&*store, &worker("w1"), run.id).await;
     let later = now() + SignedDuration::from_secs(30);
-    store.heartbeat(&worker("w1"), later, SignedDuration::from_secs(60)).await.must("heartbeat");
-    let w1 = store.workers().await.must("workers").into_iter().find(|w| w.id.0 == "w1");
-    assert_eq!(w1.expect("w1").heartbeat_at, later, "the heartbeat is recorded");
+    store
+        .heartbeat(&worker("w1"), later, SignedDuration::from_secs(60))
+        .await
+        .must("heartbeat");
+    let w1 = store
+        .workers()
+        .await
+        .must("workers")
+        .into_iter()
+        .find(|w| w.id.0 == "w1");
+    assert_eq!(
+        w1.expect("w1").heartbeat_at,
+        later,
+        "the heartbeat is recorded"
+    );
     let record_a = &store.steps(run.id).await.must("steps")[0];
-    assert_eq!(record_a.state, StepState::Running, "a heartbeat keeps the claim");
-    assert_eq!((record_a.attempt, record_a.worker.clone()), (1, Some(worker("w1"))));
-    let outcomes = store.complete(vec![completion_of(&step, &worker("w1"), vec![])]).await;
+    assert_eq!(
+        record_a.state,
+        StepState::Running,
+        "a heartbeat keeps the claim"
+    );
+    assert_eq!(
+        (record_a.attempt, record_a.worker.clone()),
+        (1, Some(worker("w1")))
+    );
+    let outcomes = store
+        .complete(vec![completion_of(&step, &worker("w1"), vec![])])
+        .await;
     recorded_id(&outcomes.must("complete")[0]);
 
-    store.deregister_worker(&worker("w2")).await.must("deregister_worker");
-    let ids: Vec<String> =
-        store.workers().await.must("workers").into_iter().map(|w| w.id.0).collect();
+    store
+        .deregister_worker(&worker("w2"))
+        .await
+        .must("deregister_worker");
+    let ids: Vec<String> = store
+        .workers()
+        .await
+        .must("workers")
+        .into_iter()
+        .map(|w| w.id.0)
+        .collect();
     assert_eq!(ids, ["w1"], "w2 is gone");
-    store.register_worker(&record("w1", 33)).await.must("registering again updates");
+    store
+        .register_worker(&record("w1", 33))
+        .await
+        .must("registering again updates");
     let workers = store.workers().await.must("workers");
     assert_eq!(workers.len(), 1, "registering an id twice keeps one record");
     assert_eq!(workers[0].pid, 33, "the second registration wins");
@@ -938,9 +1499,16 @@ struct CreatedRun {
 
 impl CreatedRun {
     async fn state_of(&self, store: &dyn Store, label: &str) -> StepState {
-        let id = self.ids.get(label).unwrap_or_else(|| panic!("no step {label} in the run"));
+        let id = self
+            .ids
+            .get(label)
+            .unwrap_or_else(|| panic!("no step {label} in the run"));
         let steps = store.steps(self.id).await.must("steps");
-        steps.iter().find(|s| s.id == *id).map(|s| s.state).expect("the step is listed")
+        steps
+            .iter()
+            .find(|s| s.id == *id)
+            .map(|s| s.state)
+            .expect("the step is listed")
     }
 }
 
@@ -950,7 +1518,10 @@ fn label(target: &AssetPartition) -> String {
 
 /// Steps by label; with one step per label.
 fn by_asset(steps: &[StepRecord]) -> HashMap<String, StepRecord> {
-    steps.iter().map(|s| (label(&s.target), s.clone())).collect()
+    steps
+        .iter()
+        .map(|s| (label(&s.target), s.clone()))
+        .collect()
 }
 
 /// The assets of claimed steps, in claim order.
@@ -1031,7 +1602,11 @@ fn failure_of(step: &ClaimedStep, worker: &WorkerId, retry_at: Option<Timestamp>
             run_id: step.run_id,
             step_id: Some(step.id),
             at,
-            kind: if retry_at.is_some() { EventKind::StepRetrying } else { EventKind::StepFailed },
+            kind: if retry_at.is_some() {
+                EventKind::StepRetrying
+            } else {
+                EventKind::StepFailed
+            },
             level: Level::Error,
             message: "boom".into(),
             data: serde_json::Value::Null,
@@ -1045,7 +1620,10 @@ async fn complete_all(
     worker: &WorkerId,
     steps: &[ClaimedStep],
 ) -> Vec<MaterializationId> {
-    let batch = steps.iter().map(|s| completion_of(s, worker, vec![])).collect();
+    let batch = steps
+        .iter()
+        .map(|s| completion_of(s, worker, vec![]))
+        .collect();
     let outcomes = store.complete(batch).await.must("complete");
     assert_eq!(outcomes.len(), steps.len(), "one outcome per item");
     outcomes.iter().map(recorded_id).collect()

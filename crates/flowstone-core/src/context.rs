@@ -193,7 +193,11 @@ impl AssetContext {
     /// Log lines so far, as `(level, message)` (for tests).
     pub fn logs(&self) -> Vec<(Level, String)> {
         self.with_record(|record| {
-            record.events.iter().map(|e| (e.level, e.message.clone())).collect()
+            record
+                .events
+                .iter()
+                .map(|e| (e.level, e.message.clone()))
+                .collect()
         })
     }
 
@@ -204,7 +208,11 @@ impl AssetContext {
     fn with_record<R>(&self, f: impl FnOnce(&mut Record) -> R) -> R {
         // A panic while holding this lock cannot leave the record inconsistent:
         // every mutation is a single push or insert.
-        let mut record = self.inner.record.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut record = self
+            .inner
+            .record
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f(&mut record)
     }
 

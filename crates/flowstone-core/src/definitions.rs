@@ -27,23 +27,47 @@ pub enum DefinitionError {
         "asset key {key} is defined twice: at {first} and at {second}; rename one of them \
          (or give it a key prefix)"
     )]
-    DuplicateKey { key: AssetKey, first: String, second: String },
+    DuplicateKey {
+        key: AssetKey,
+        first: String,
+        second: String,
+    },
     #[error("asset {asset} depends on {dep}, which is not defined{hint}")]
-    UnknownDependency { asset: AssetKey, dep: AssetKey, hint: String },
+    UnknownDependency {
+        asset: AssetKey,
+        dep: AssetKey,
+        hint: String,
+    },
     #[error(
         "assets form a cycle: {}; remove one of these dependencies",
         .cycle.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" -> ")
     )]
     Cycle { cycle: Vec<AssetKey> },
     #[error("asset {asset}: dependency {dep}: {message}")]
-    BadMapping { asset: AssetKey, dep: AssetKey, message: String },
+    BadMapping {
+        asset: AssetKey,
+        dep: AssetKey,
+        message: String,
+    },
     #[error(
         "asset {asset}: input {input} expects values of type {expected}, but {dep} produces \
          {found}"
     )]
-    TypeMismatch { asset: AssetKey, input: String, dep: AssetKey, expected: String, found: String },
-    #[error("asset {asset} uses I/O manager {name:?}, which is not configured; configured: {known}")]
-    UnknownIoManager { asset: AssetKey, name: String, known: String },
+    TypeMismatch {
+        asset: AssetKey,
+        input: String,
+        dep: AssetKey,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "asset {asset} uses I/O manager {name:?}, which is not configured; configured: {known}"
+    )]
+    UnknownIoManager {
+        asset: AssetKey,
+        name: String,
+        known: String,
+    },
 }
 
 /// Every problem found while building definitions.
@@ -249,7 +273,11 @@ fn suggestion<'a>(missing: &str, known: impl Iterator<Item = &'a AssetKey>) -> S
             all.sort();
             let shown: Vec<&str> = all.iter().take(10).map(|k| k.as_str()).collect();
             let more = all.len().saturating_sub(shown.len());
-            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             format!("; defined assets: {}{more}", shown.join(", "))
         }
     }
@@ -263,7 +291,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let current = row[j + 1];
-            row[j + 1] = (previous + usize::from(ca != *cb)).min(row[j] + 1).min(current + 1);
+            row[j + 1] = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(current + 1);
             previous = current;
         }
     }
@@ -364,9 +394,8 @@ impl Definitions {
     /// A message naming the unknown key and the closest defined one.
     pub fn lookup(&self, key: &str) -> Result<&Arc<AssetDef>, String> {
         let parsed = AssetKey::new(key).map_err(|err| err.to_string())?;
-        self.asset(&parsed).ok_or_else(|| {
-            format!("unknown asset {key}{}", suggestion(key, self.index.keys()))
-        })
+        self.asset(&parsed)
+            .ok_or_else(|| format!("unknown asset {key}{}", suggestion(key, self.index.keys())))
     }
 
     /// Assets that `key` reads directly.
@@ -429,7 +458,10 @@ impl Definitions {
 impl fmt::Debug for Definitions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Definitions")
-            .field("assets", &self.assets().map(|a| a.key.as_str()).collect::<Vec<_>>())
+            .field(
+                "assets",
+                &self.assets().map(|a| a.key.as_str()).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -486,22 +518,49 @@ mod tests {
             .add_asset(asset("a", &[]).origin("mod_two::a"))
             .add_asset(asset("b", &["raw_flight"]))
             .add_asset(asset("raw_flights", &[]))
-            .add_asset(AssetBuilder::new("c").dep::<String>("a").compute(|_, _| async { Ok(0u8) }))
+            .add_asset(
+                AssetBuilder::new("c")
+                    .dep::<String>("a")
+                    .compute(|_, _| async { Ok(0u8) }),
+            )
             .add_asset(asset("d", &[]).io_manager("s3"))
             .build()
             .unwrap_err();
         let text = err.to_string();
         assert_eq!(err.0.len(), 4, "{text}");
-        assert!(text.contains("defined twice: at mod_one::a and at mod_two::a"), "{text}");
-        assert!(text.contains("depends on raw_flight, which is not defined; did you mean raw_flights?"), "{text}");
-        assert!(text.contains("expects values of type alloc::string::String, but a produces u32"), "{text}");
-        assert!(text.contains("I/O manager \"s3\", which is not configured"), "{text}");
+        assert!(
+            text.contains("defined twice: at mod_one::a and at mod_two::a"),
+            "{text}"
+        );
+        assert!(
+            text.contains("depends on raw_flight, which is not defined; did you mean raw_flights?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("expects values of type alloc::string::String, but a produces u32"),
+            "{text}"
+        );
+        assert!(
+            text.contains("I/O manager \"s3\", which is not configured"),
+            "{text}"
+        );
     }
 
     #[test]
     fn lookup_suggests() {
-        let defs = Definitions::builder().add_asset(asset("daily_report", &[])).build().unwrap();
-        assert!(defs.lookup("daily_reports").unwrap_err().contains("did you mean daily_report?"));
-        assert!(defs.lookup("bad key").unwrap_err().contains("invalid asset key"));
+        let defs = Definitions::builder()
+            .add_asset(asset("daily_report", &[]))
+            .build()
+            .unwrap();
+        assert!(
+            defs.lookup("daily_reports")
+                .unwrap_err()
+                .contains("did you mean daily_report?")
+        );
+        assert!(
+            defs.lookup("bad key")
+                .unwrap_err()
+                .contains("invalid asset key")
+        );
     }
 }

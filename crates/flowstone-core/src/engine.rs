@@ -179,14 +179,21 @@ impl RunHandle {
 }
 
 /// What [`Engine::launch`] did.
-#[allow(clippy::large_enum_variant, reason = "made once per launch; a box buys nothing")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per launch; a box buys nothing"
+)]
 pub enum Launch {
     /// Every selected asset partition is already materialized. The plan's
     /// counts say what was left out.
     NothingToDo { plan: Plan },
     /// A run was created and is being worked on.
     /// `plan` has its counts; its steps are in the run.
-    Started { run: RunRecord, plan: Plan, handle: RunHandle },
+    Started {
+        run: RunRecord,
+        plan: Plan,
+        handle: RunHandle,
+    },
 }
 
 /// FlowStone's entry point for a program: definitions plus a store.
@@ -205,7 +212,12 @@ impl Engine {
         let default_io = defs
             .io_manager("default")
             .unwrap_or_else(|| Definitions::fallback_io_manager(".flowstone/storage"));
-        Engine { defs: Arc::new(defs), store, default_io, user: current_user() }
+        Engine {
+            defs: Arc::new(defs),
+            store,
+            default_io,
+            user: current_user(),
+        }
     }
 
     /// Replaces the fallback `"default"` I/O manager (ignored when the
@@ -237,18 +249,28 @@ impl Engine {
 
     /// The I/O manager that stores `def`'s values.
     pub fn io_manager_for(&self, def: &crate::asset::AssetDef) -> Arc<dyn IoManager> {
-        self.defs.io_manager(&def.io_manager).unwrap_or_else(|| self.default_io.clone())
+        self.defs
+            .io_manager(&def.io_manager)
+            .unwrap_or_else(|| self.default_io.clone())
     }
 
     /// Plans a request without queuing anything.
     pub async fn plan(&self, request: &RunRequest) -> Result<Plan, EngineError> {
-        Ok(plan::plan(&self.defs, self.store.as_ref(), &request.selection, Timestamp::now())
-            .await?)
+        Ok(plan::plan(
+            &self.defs,
+            self.store.as_ref(),
+            &request.selection,
+            Timestamp::now(),
+        )
+        .await?)
     }
 
     /// Plans and queues a run, without working on it; `None` when there is
     /// nothing to do. Another process (a `worker`) or [`Engine::resume`] runs it.
-    pub async fn submit(&self, request: &RunRequest) -> Result<(Plan, Option<RunRecord>), EngineError> {
+    pub async fn submit(
+        &self,
+        request: &RunRequest,
+    ) -> Result<(Plan, Option<RunRecord>), EngineError> {
         let mut plan = self.plan(request).await?;
         if plan.steps.is_empty() {
             return Ok((plan, None));
@@ -317,7 +339,12 @@ impl Engine {
         partition: Option<&str>,
         with_upstream: bool,
     ) -> Result<RunOutcome, EngineError> {
-        let key = self.defs.lookup(asset).map_err(EngineError::Invalid)?.key.clone();
+        let key = self
+            .defs
+            .lookup(asset)
+            .map_err(EngineError::Invalid)?
+            .key
+            .clone();
         let partitions = match partition {
             Some(p) => PartitionSelection::Keys(vec![p.to_owned()]),
             None => PartitionSelection::Unspecified,
@@ -338,10 +365,20 @@ impl Engine {
     ) -> Result<Launch, EngineError> {
         let mut keys = Vec::new();
         for asset in assets {
-            keys.push(self.defs.lookup(asset).map_err(EngineError::Invalid)?.key.clone());
+            keys.push(
+                self.defs
+                    .lookup(asset)
+                    .map_err(EngineError::Invalid)?
+                    .key
+                    .clone(),
+            );
         }
-        let range = PartitionSelection::Range { from: from.to_owned(), to: to.to_owned() };
-        self.launch(RunRequest::backfill(keys, range).max_parallel(max_parallel)).await
+        let range = PartitionSelection::Range {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
+        self.launch(RunRequest::backfill(keys, range).max_parallel(max_parallel))
+            .await
     }
 
     /// Continues a run that was interrupted or whose process died: steps held
@@ -351,9 +388,16 @@ impl Engine {
     ///
     /// An unknown run, a run that has ended, or one a live worker still holds.
     pub async fn resume(&self, run: RunId, max_parallel: usize) -> Result<RunHandle, EngineError> {
-        let record = self.store.run(run).await?.ok_or(EngineError::RunNotFound(run))?;
+        let record = self
+            .store
+            .run(run)
+            .await?
+            .ok_or(EngineError::RunNotFound(run))?;
         if record.state.is_terminal() {
-            return Err(EngineError::RunEnded { run, state: record.state });
+            return Err(EngineError::RunEnded {
+                run,
+                state: record.state,
+            });
         }
 
         // Steps held by workers that are gone go back to the queue.
@@ -362,19 +406,34 @@ impl Engine {
             let registry = self.store.workers().await?;
             let now = Timestamp::now();
             let (dead, alive): (Vec<_>, Vec<_>) = holders.into_iter().partition(|id| {
-                registry.iter().find(|w| &w.id == id).is_none_or(|w| worker_is_dead(w, now))
+                registry
+                    .iter()
+                    .find(|w| &w.id == id)
+                    .is_none_or(|w| worker_is_dead(w, now))
             });
             if !alive.is_empty() {
-                let workers = alive.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", ");
+                let workers = alive
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 return Err(EngineError::RunBusy { run, workers });
             }
-            let released = self.store.release(Some(run), &dead, "worker died", now).await?;
+            let released = self
+                .store
+                .release(Some(run), &dead, "worker died", now)
+                .await?;
             tracing::info!(run_id = %run, steps = released.len(), "released steps of dead workers");
         }
 
         let now = Timestamp::now();
         self.store
-            .set_run_state(run, &[RunState::Interrupted, RunState::Running], RunState::Running, now)
+            .set_run_state(
+                run,
+                &[RunState::Interrupted, RunState::Running],
+                RunState::Running,
+                now,
+            )
             .await?;
         self.store
             .append_events(vec![run_event(
@@ -388,7 +447,10 @@ impl Engine {
 
     /// Cancels a run: steps not yet running are cancelled, running ones finish.
     pub async fn cancel(&self, run: RunId) -> Result<bool, EngineError> {
-        self.store.run(run).await?.ok_or(EngineError::RunNotFound(run))?;
+        self.store
+            .run(run)
+            .await?
+            .ok_or(EngineError::RunNotFound(run))?;
         Ok(self.store.cancel_run(run, Timestamp::now()).await?)
     }
 
@@ -402,7 +464,11 @@ impl Engine {
             default_io: self.default_io.clone(),
             worker: WorkerId::for_this_process(),
         });
-        let opts = WorkerOptions { max_parallel, run: Some(run), ..WorkerOptions::default() };
+        let opts = WorkerOptions {
+            max_parallel,
+            run: Some(run),
+            ..WorkerOptions::default()
+        };
         let store = self.store.clone();
         let task = tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -437,7 +503,12 @@ impl Engine {
                 elapsed_ms: started.elapsed().as_millis() as u64,
             })
         });
-        RunHandle { run_id: run, progress: progress_rx, stop: stop_tx, task }
+        RunHandle {
+            run_id: run,
+            progress: progress_rx,
+            stop: stop_tx,
+            task,
+        }
     }
 
     /// Runs a worker loop over every run's steps until `stop` says so (the
@@ -453,7 +524,11 @@ impl Engine {
             default_io: self.default_io.clone(),
             worker: WorkerId::for_this_process(),
         });
-        let opts = WorkerOptions { max_parallel, run: None, ..WorkerOptions::default() };
+        let opts = WorkerOptions {
+            max_parallel,
+            run: None,
+            ..WorkerOptions::default()
+        };
         let (progress, _) = watch::channel(Progress::default());
         worker::run_loop(shared, opts, stop, progress).await?;
         Ok(())
@@ -491,4 +566,3 @@ pub fn current_user() -> String {
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
 }
-

@@ -18,7 +18,10 @@ pub type Result<T, E = AssetError> = std::result::Result<T, E>;
 impl AssetError {
     /// An error that the retry policy may retry.
     pub fn new(err: impl Into<anyhow::Error>) -> Self {
-        AssetError { inner: err.into(), retryable: true }
+        AssetError {
+            inner: err.into(),
+            retryable: true,
+        }
     }
 
     /// An error from a message.
@@ -29,7 +32,10 @@ impl AssetError {
     /// An error that retrying will not fix (bad input data, a missing file):
     /// the step fails at once, whatever the retry policy.
     pub fn fatal(err: impl Into<anyhow::Error>) -> Self {
-        AssetError { inner: err.into(), retryable: false }
+        AssetError {
+            inner: err.into(),
+            retryable: false,
+        }
     }
 
     pub fn is_retryable(&self) -> bool {
@@ -38,7 +44,10 @@ impl AssetError {
 
     /// Adds context, as `anyhow::Context` does.
     pub fn context(self, context: impl fmt::Display + Send + Sync + 'static) -> Self {
-        AssetError { inner: self.inner.context(context), retryable: self.retryable }
+        AssetError {
+            inner: self.inner.context(context),
+            retryable: self.retryable,
+        }
     }
 
     pub fn into_anyhow(self) -> anyhow::Error {

@@ -37,7 +37,10 @@ impl AssetKey {
     /// ASCII letters, digits, `_`, `-` and the `/` separator.
     pub fn new(key: impl AsRef<str>) -> Result<Self, AssetKeyError> {
         let key = key.as_ref();
-        let fail = |reason| AssetKeyError { key: key.to_owned(), reason };
+        let fail = |reason| AssetKeyError {
+            key: key.to_owned(),
+            reason,
+        };
         if key.is_empty() {
             return Err(fail("it is empty"));
         }
@@ -146,7 +149,9 @@ impl FromStr for RunId {
     type Err = RunIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s.trim()).map(RunId).map_err(|_| RunIdError(s.to_owned()))
+        uuid::Uuid::parse_str(s.trim())
+            .map(RunId)
+            .map_err(|_| RunIdError(s.to_owned()))
     }
 }
 
@@ -188,7 +193,11 @@ impl WorkerId {
     pub fn for_this_process() -> Self {
         let host = crate::host_name();
         let nonce = uuid::Uuid::now_v7().simple().to_string();
-        WorkerId(format!("{host}:{}:{}", std::process::id(), &nonce[nonce.len() - 8..]))
+        WorkerId(format!(
+            "{host}:{}:{}",
+            std::process::id(),
+            &nonce[nonce.len() - 8..]
+        ))
     }
 }
 
@@ -231,7 +240,10 @@ mod tests {
         assert_eq!(AssetKey::new("a/b").unwrap().prefix(), "a");
         for bad in ["", "/a", "a/", "a//b", "a b", "../x", "a.b", "é"] {
             let err = AssetKey::new(bad).unwrap_err();
-            assert!(err.to_string().contains("invalid asset key"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("invalid asset key"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -239,6 +251,12 @@ mod tests {
     fn run_ids_parse_and_print() {
         let id = RunId::new();
         assert_eq!(id.to_string().parse::<RunId>().unwrap(), id);
-        assert!("nope".parse::<RunId>().unwrap_err().to_string().contains("expected a UUID"));
+        assert!(
+            "nope"
+                .parse::<RunId>()
+                .unwrap_err()
+                .to_string()
+                .contains("expected a UUID")
+        );
     }
 }

@@ -20,7 +20,11 @@ use crate::value::{AnyValue, ValueError, ValueType, data_version};
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
     #[error("{action} {path}: {source}")]
-    File { action: &'static str, path: PathBuf, source: std::io::Error },
+    File {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Value(#[from] ValueError),
     #[error("no stored value for {0}")]
@@ -113,12 +117,18 @@ impl IoManager for FileIoManager {
         let bytes = ty.encode(value.as_ref())?;
         let version = data_version(&bytes);
         let path = self.path_of(target);
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.base.clone());
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.base.clone());
         let write_path = path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&dir, &write_path, &bytes))
             .await
             .map_err(|err| IoError::Other(format!("writer task failed: {err}")))??;
-        Ok(StoredValue { location: path.display().to_string(), data_version: version })
+        Ok(StoredValue {
+            location: path.display().to_string(),
+            data_version: version,
+        })
     }
 
     async fn load(&self, target: &AssetPartition, ty: &ValueType) -> Result<AnyValue, IoError> {
@@ -128,7 +138,13 @@ impl IoManager for FileIoManager {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Err(IoError::Missing(target.clone()));
             }
-            Err(source) => return Err(IoError::File { action: "cannot read", path, source }),
+            Err(source) => {
+                return Err(IoError::File {
+                    action: "cannot read",
+                    path,
+                    source,
+                });
+            }
         };
         Ok(ty.decode(&bytes)?)
     }
@@ -139,24 +155,41 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), IoError
 
     let file_error = |action, path: &Path| {
         let path = path.to_path_buf();
-        move |source| IoError::File { action, path, source }
+        move |source| IoError::File {
+            action,
+            path,
+            source,
+        }
     };
     std::fs::create_dir_all(dir).map_err(file_error("cannot create directory", dir))?;
     let mut tmp = tempfile_in(dir).map_err(file_error("cannot create a file in", dir))?;
-    tmp.1.write_all(bytes).map_err(file_error("cannot write", &tmp.0))?;
+    tmp.1
+        .write_all(bytes)
+        .map_err(file_error("cannot write", &tmp.0))?;
     tmp.1.flush().map_err(file_error("cannot write", &tmp.0))?;
     drop(tmp.1);
     std::fs::rename(&tmp.0, path).map_err(|source| {
         let _ = std::fs::remove_file(&tmp.0);
-        IoError::File { action: "cannot rename into", path: path.to_path_buf(), source }
+        IoError::File {
+            action: "cannot rename into",
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
 /// A new file next to the destination, with a name no other writer uses.
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let name = format!(".tmp-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    let name = format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
     let path = dir.join(name);
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
     Ok((path, file))
 }
 
@@ -192,14 +225,25 @@ impl IoManager for MemoryIoManager {
     ) -> Result<StoredValue, IoError> {
         let bytes = ty.encode(value.as_ref())?;
         let version = data_version(&bytes);
-        let mut values = self.values.lock().map_err(|_| IoError::Other("poisoned".into()))?;
+        let mut values = self
+            .values
+            .lock()
+            .map_err(|_| IoError::Other("poisoned".into()))?;
         values.insert(target.clone(), bytes);
-        Ok(StoredValue { location: format!("memory:{target}"), data_version: version })
+        Ok(StoredValue {
+            location: format!("memory:{target}"),
+            data_version: version,
+        })
     }
 
     async fn load(&self, target: &AssetPartition, ty: &ValueType) -> Result<AnyValue, IoError> {
-        let values = self.values.lock().map_err(|_| IoError::Other("poisoned".into()))?;
-        let bytes = values.get(target).ok_or_else(|| IoError::Missing(target.clone()))?;
+        let values = self
+            .values
+            .lock()
+            .map_err(|_| IoError::Other("poisoned".into()))?;
+        let bytes = values
+            .get(target)
+            .ok_or_else(|| IoError::Missing(target.clone()))?;
         Ok(ty.decode(bytes)?)
     }
 }
@@ -219,14 +263,30 @@ mod tests {
     #[test]
     fn partition_keys_cannot_escape_the_base() {
         let io = FileIoManager::new("/base");
-        for key in ["../../etc/passwd", "..", ".", "/abs", "a/../../b", "", "x\\..\\y", "a|b"] {
+        for key in [
+            "../../etc/passwd",
+            "..",
+            ".",
+            "/abs",
+            "a/../../b",
+            "",
+            "x\\..\\y",
+            "a|b",
+        ] {
             let path = io.path_of(&target("a/b", Some(key)));
             assert!(path.starts_with("/base/a/b"), "{key}: {}", path.display());
             assert_eq!(path.components().count(), 5, "{key}: {}", path.display());
-            assert!(!path.to_string_lossy().contains(".."), "{key}: {}", path.display());
+            assert!(
+                !path.to_string_lossy().contains(".."),
+                "{key}: {}",
+                path.display()
+            );
         }
         let hour = io.path_of(&target("w", Some("2013-11-03T01:00-05:00")));
-        assert_eq!(hour, PathBuf::from("/base/w/2013-11-03T01%3A00-05%3A00.json"));
+        assert_eq!(
+            hour,
+            PathBuf::from("/base/w/2013-11-03T01%3A00-05%3A00.json")
+        );
     }
 
     #[tokio::test]
@@ -241,13 +301,19 @@ mod tests {
         let stored2 = io.store(&t, &ty, &second).await.unwrap();
         assert_ne!(stored.data_version, stored2.data_version);
         let back = io.load(&t, &ty).await.unwrap();
-        assert_eq!(back.downcast_ref::<Vec<String>>().unwrap(), &vec!["b".to_owned()]);
+        assert_eq!(
+            back.downcast_ref::<Vec<String>>().unwrap(),
+            &vec!["b".to_owned()]
+        );
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("raw"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
-        let missing = io.load(&target("raw", Some("2013-01-02")), &ty).await.unwrap_err();
+        let missing = io
+            .load(&target("raw", Some("2013-01-02")), &ty)
+            .await
+            .unwrap_err();
         assert!(matches!(missing, IoError::Missing(_)));
     }
 
@@ -256,7 +322,12 @@ mod tests {
         let io = MemoryIoManager::new();
         let ty = ValueType::of::<u32>();
         let t = target("n", None);
-        io.store(&t, &ty, &(Box::new(7u32) as AnyValue)).await.unwrap();
-        assert_eq!(io.load(&t, &ty).await.unwrap().downcast_ref::<u32>(), Some(&7));
+        io.store(&t, &ty, &(Box::new(7u32) as AnyValue))
+            .await
+            .unwrap();
+        assert_eq!(
+            io.load(&t, &ty).await.unwrap().downcast_ref::<u32>(),
+            Some(&7)
+        );
     }
 }

@@ -62,7 +62,11 @@ pub enum PlanError {
         "asset {asset} is partitioned ({describe}); name a partition with --partition, \
          e.g. --partition {example}"
     )]
-    NeedsPartition { asset: AssetKey, describe: String, example: String },
+    NeedsPartition {
+        asset: AssetKey,
+        describe: String,
+        example: String,
+    },
     #[error("asset {asset} is not partitioned; drop the partition selection for it")]
     NotPartitioned { asset: AssetKey },
     #[error(
@@ -134,7 +138,12 @@ pub async fn plan(
     let range_window = range_as_time(&selected, &selection.partitions, now)?;
     let mut targets: Vec<AssetPartition> = Vec::new();
     for def in &selected {
-        targets.extend(select_partitions(def, &selection.partitions, range_window, now)?);
+        targets.extend(select_partitions(
+            def,
+            &selection.partitions,
+            range_window,
+            now,
+        )?);
     }
 
     // Their upstream closure, when asked.
@@ -142,7 +151,9 @@ pub async fn plan(
     if selection.with_upstream {
         let mut queue: Vec<AssetPartition> = targets.clone();
         while let Some(target) = queue.pop() {
-            let def = defs.asset(&target.asset).expect("planned assets are defined");
+            let def = defs
+                .asset(&target.asset)
+                .expect("planned assets are defined");
             for up in upstream_targets(defs, def, target.partition.as_ref(), now)? {
                 if in_plan.insert(up.clone()) {
                     queue.push(up.clone());
@@ -196,7 +207,9 @@ pub async fn plan(
     let mut links: Vec<(Vec<usize>, Vec<AssetPartition>)> = Vec::with_capacity(targets.len());
     let mut external: BTreeSet<AssetPartition> = BTreeSet::new();
     for target in &targets {
-        let def = defs.asset(&target.asset).expect("planned assets are defined");
+        let def = defs
+            .asset(&target.asset)
+            .expect("planned assets are defined");
         let mut inside = Vec::new();
         let mut outside = Vec::new();
         for up in upstream_targets(defs, def, target.partition.as_ref(), now)? {
@@ -246,7 +259,9 @@ pub async fn plan(
             continue;
         }
         renumber[i] = steps.len();
-        let def = defs.asset(&target.asset).expect("planned assets are defined");
+        let def = defs
+            .asset(&target.asset)
+            .expect("planned assets are defined");
         steps.push(NewStep {
             target: target.clone(),
             upstream: inside.into_iter().map(|j| renumber[j]).collect(),
@@ -280,7 +295,9 @@ fn range_as_time(
         return Ok(None);
     };
     for def in selected {
-        let Some(p) = def.partitions.as_ref() else { continue };
+        let Some(p) = def.partitions.as_ref() else {
+            continue;
+        };
         let (Ok(from_key), Ok(to_key)) = (p.parse_key(from, now), p.parse_key(to, now)) else {
             continue;
         };
@@ -293,7 +310,10 @@ fn range_as_time(
                 message: format!("the range starts at {from}, after its end {to}; swap them"),
             });
         }
-        return Ok(Some(TimeWindow { start: first.start, end: last.end }));
+        return Ok(Some(TimeWindow {
+            start: first.start,
+            end: last.end,
+        }));
     }
     Ok(None)
 }
@@ -305,10 +325,15 @@ fn select_partitions(
     now: Timestamp,
 ) -> Result<Vec<AssetPartition>, PlanError> {
     let target = |key: Option<PartitionKey>| AssetPartition::new(def.key.clone(), key);
-    let bad = |message: String| PlanError::BadPartition { asset: def.key.clone(), message };
+    let bad = |message: String| PlanError::BadPartition {
+        asset: def.key.clone(),
+        message,
+    };
     let Some(partitions) = &def.partitions else {
         return match selection {
-            PartitionSelection::Keys(_) => Err(PlanError::NotPartitioned { asset: def.key.clone() }),
+            PartitionSelection::Keys(_) => Err(PlanError::NotPartitioned {
+                asset: def.key.clone(),
+            }),
             _ => Ok(vec![target(None)]),
         };
     };
@@ -325,7 +350,10 @@ fn select_partitions(
             .map_err(|err| bad(err.to_string())),
         PartitionSelection::All => {
             let range = 0..partitions.len(now);
-            Ok(partitions.keys(range, now).map(|k| target(Some(k))).collect())
+            Ok(partitions
+                .keys(range, now)
+                .map(|k| target(Some(k)))
+                .collect())
         }
         PartitionSelection::Range { from, to } => {
             let range = match partitions.range(from, to, now) {
@@ -337,7 +365,10 @@ fn select_partitions(
                     _ => return Err(bad(err.to_string())),
                 },
             };
-            Ok(partitions.keys(range, now).map(|k| target(Some(k))).collect())
+            Ok(partitions
+                .keys(range, now)
+                .map(|k| target(Some(k)))
+                .collect())
         }
     }
 }
@@ -349,7 +380,10 @@ pub fn upstream_targets(
     key: Option<&PartitionKey>,
     now: Timestamp,
 ) -> Result<Vec<AssetPartition>, PlanError> {
-    Ok(upstream_targets_by_dep(defs, def, key, now)?.into_iter().flatten().collect())
+    Ok(upstream_targets_by_dep(defs, def, key, now)?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// The upstream asset partitions that `def`'s partition `key` reads, one list
@@ -367,14 +401,20 @@ pub fn upstream_targets_by_dep(
         let mapping = defs.dep_mapping(def, dep);
         let upstream = mapping
             .upstream(def.partitions.as_ref(), key, up.partitions.as_ref(), now)
-            .map_err(|err| PlanError::Mapping { asset: def.key.clone(), message: err.to_string() })?;
+            .map_err(|err| PlanError::Mapping {
+                asset: def.key.clone(),
+                message: err.to_string(),
+            })?;
         let target = |k| AssetPartition::new(up.key.clone(), k);
         out.push(match upstream {
             UpstreamPartitions::Unpartitioned => vec![target(None)],
             UpstreamPartitions::Keys(keys) => keys.into_iter().map(|k| target(Some(k))).collect(),
             UpstreamPartitions::Range(range) => {
                 let partitions = up.partitions.as_ref().expect("a range implies partitions");
-                partitions.keys(range, now).map(|k| target(Some(k))).collect()
+                partitions
+                    .keys(range, now)
+                    .map(|k| target(Some(k)))
+                    .collect()
             }
         });
     }
@@ -395,6 +435,10 @@ fn describe(selected: &[&AssetDef], selection: &Selection) -> String {
         PartitionSelection::Range { from, to } => format!(" [{from}..{to}]"),
         PartitionSelection::All => " [all partitions]".to_owned(),
     };
-    let upstream = if selection.with_upstream { " with upstream" } else { "" };
+    let upstream = if selection.with_upstream {
+        " with upstream"
+    } else {
+        ""
+    };
     format!("{names}{partitions}{upstream}")
 }

@@ -110,10 +110,14 @@ impl Engine {
         partition: Option<&str>,
     ) -> Result<MaterializationRecord, EngineError> {
         let target = self.target(asset, partition)?;
-        let latest = self.store().latest_materializations(std::slice::from_ref(&target)).await?;
-        latest.into_iter().next().ok_or_else(|| {
-            EngineError::Invalid(format!("{target} has never been materialized"))
-        })
+        let latest = self
+            .store()
+            .latest_materializations(std::slice::from_ref(&target))
+            .await?;
+        latest
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Invalid(format!("{target} has never been materialized")))
     }
 
     /// Checks an asset key and partition key typed by a user.
@@ -122,8 +126,15 @@ impl Engine {
     ///
     /// An unknown asset, a bad partition key, a missing partition key for a
     /// partitioned asset or one given for an unpartitioned asset.
-    pub fn target(&self, asset: &str, partition: Option<&str>) -> Result<AssetPartition, EngineError> {
-        let def = self.definitions().lookup(asset).map_err(EngineError::Invalid)?;
+    pub fn target(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+    ) -> Result<AssetPartition, EngineError> {
+        let def = self
+            .definitions()
+            .lookup(asset)
+            .map_err(EngineError::Invalid)?;
         let now = Timestamp::now();
         let partition = match (&def.partitions, partition) {
             (Some(p), Some(key)) => Some(p.parse_key(key, now).map_err(|err| {
@@ -140,7 +151,9 @@ impl Engine {
                 }));
             }
             (None, Some(_)) => {
-                return Err(EngineError::Plan(PlanError::NotPartitioned { asset: def.key.clone() }));
+                return Err(EngineError::Plan(PlanError::NotPartitioned {
+                    asset: def.key.clone(),
+                }));
             }
             (None, None) => None,
         };
@@ -181,31 +194,49 @@ impl Engine {
             frontier = next;
         }
         nodes.sort_by(|a, b| (a.0, &a.1.target).cmp(&(b.0, &b.1.target)));
-        Ok(Lineage { direction, root, nodes, edges })
+        Ok(Lineage {
+            direction,
+            root,
+            nodes,
+            edges,
+        })
     }
 
     /// Every downstream asset partition that would be stale if this asset
     /// partition changed, through the partition mappings.
-    pub fn impact(&self, asset: &str, partition: Option<&str>) -> Result<Vec<ImpactEntry>, EngineError> {
+    pub fn impact(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+    ) -> Result<Vec<ImpactEntry>, EngineError> {
         let target = self.target(asset, partition)?;
         impact(self.definitions(), &target, Timestamp::now())
     }
 
     /// Per-partition state of `asset`, with counts.
     pub async fn status(&self, asset: &str) -> Result<AssetStatus, EngineError> {
-        let def = self.definitions().lookup(asset).map_err(EngineError::Invalid)?.clone();
+        let def = self
+            .definitions()
+            .lookup(asset)
+            .map_err(EngineError::Invalid)?
+            .clone();
         let defs = self.definitions();
         let store = self.store();
         let now = Timestamp::now();
         let records = store.partitions(&def.key).await?;
 
         // What each latest materialization consumed.
-        let latest_ids: Vec<MaterializationId> =
-            records.iter().filter_map(|r| r.latest.as_ref().map(|m| m.id)).collect();
+        let latest_ids: Vec<MaterializationId> = records
+            .iter()
+            .filter_map(|r| r.latest.as_ref().map(|m| m.id))
+            .collect();
         let mut consumed: HashMap<MaterializationId, HashSet<MaterializationId>> = HashMap::new();
         for chunk in latest_ids.chunks(500) {
             for (edge, _) in store.inputs_of(chunk).await? {
-                consumed.entry(edge.consumer).or_default().insert(edge.input);
+                consumed
+                    .entry(edge.consumer)
+                    .or_default()
+                    .insert(edge.input);
             }
         }
 
@@ -235,7 +266,10 @@ impl Engine {
                 (_, Some(failure)) => PartitionState::Failed(failure.error.clone()),
                 (None, None) => PartitionState::Missing,
                 (Some(latest), None) => {
-                    let inputs = expected.get(&record.partition).map(Vec::as_slice).unwrap_or(&[]);
+                    let inputs = expected
+                        .get(&record.partition)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]);
                     let consumed = consumed.get(&latest.id);
                     staleness(&def.code_version, latest, inputs, consumed, &current)
                 }
@@ -253,10 +287,14 @@ impl Engine {
                 materialized_at: record.latest.as_ref().map(|m| m.finished_at),
             });
         }
-        counts.missing = counts.total.saturating_sub(counts.materialized + counts.stale + counts.failed);
+        counts.missing = counts
+            .total
+            .saturating_sub(counts.materialized + counts.stale + counts.failed);
         if let Some(p) = &def.partitions {
             partitions.sort_by_key(|s| {
-                s.partition.as_ref().and_then(|k| p.index_of(k.as_str(), now).ok())
+                s.partition
+                    .as_ref()
+                    .and_then(|k| p.index_of(k.as_str(), now).ok())
             });
         }
         Ok(AssetStatus {
@@ -283,7 +321,9 @@ fn staleness(
         ));
     }
     for input in inputs {
-        let Some(now_id) = current.get(input) else { continue };
+        let Some(now_id) = current.get(input) else {
+            continue;
+        };
         if !consumed.is_some_and(|c| c.contains(now_id)) {
             return PartitionState::Stale(format!(
                 "input {input} has a newer materialization (#{now_id}) than the one consumed"
@@ -316,18 +356,28 @@ pub fn impact(
             for dep in down.deps.iter().filter(|d| d.key == asset) {
                 let mapping = defs.dep_mapping(down, dep);
                 let reached = mapping
-                    .downstream(down.partitions.as_ref(), up.partitions.as_ref(), key.as_ref(), now)
+                    .downstream(
+                        down.partitions.as_ref(),
+                        up.partitions.as_ref(),
+                        key.as_ref(),
+                        now,
+                    )
                     .map_err(|err| EngineError::Invalid(format!("asset {}: {err}", down.key)))?;
                 match reached {
                     UpstreamPartitions::Unpartitioned => keys.push(None),
                     UpstreamPartitions::Keys(found) => keys.extend(found.into_iter().map(Some)),
                     UpstreamPartitions::Range(range) => {
-                        let p = down.partitions.as_ref().expect("a range implies partitions");
+                        let p = down
+                            .partitions
+                            .as_ref()
+                            .expect("a range implies partitions");
                         keys.extend(p.keys(range, now).map(Some));
                     }
                 }
             }
-            let entry = affected.entry(down.key.clone()).or_insert((distance + 1, BTreeSet::new()));
+            let entry = affected
+                .entry(down.key.clone())
+                .or_insert((distance + 1, BTreeSet::new()));
             entry.0 = entry.0.min(distance + 1);
             for key in keys {
                 if entry.1.insert(key.clone()) {
@@ -345,7 +395,11 @@ pub fn impact(
             if let Some(p) = &def.partitions {
                 partitions.sort_by_key(|k| p.index_of(k.as_str(), now).ok());
             }
-            ImpactEntry { asset, partitions, distance }
+            ImpactEntry {
+                asset,
+                partitions,
+                distance,
+            }
         })
         .collect();
     out.sort_by_key(|e| (defs.rank(&e.asset), e.distance));
@@ -366,13 +420,19 @@ impl Engine {
         partition: Option<&str>,
     ) -> Result<(MaterializationRecord, serde_json::Value), EngineError> {
         let record = self.lineage_root(asset, partition).await?;
-        let def = self.definitions().asset(&record.target.asset).expect("target is defined");
+        let def = self
+            .definitions()
+            .asset(&record.target.asset)
+            .expect("target is defined");
         let io = self.io_manager_for(def);
         let value = io.load(&record.target, &def.output).await.map_err(|err| {
             EngineError::Invalid(format!("cannot load the value of {}: {err}", record.target))
         })?;
         let bytes = def.output.encode(value.as_ref()).map_err(|err| {
-            EngineError::Invalid(format!("cannot encode the value of {}: {err}", record.target))
+            EngineError::Invalid(format!(
+                "cannot encode the value of {}: {err}",
+                record.target
+            ))
         })?;
         let json = serde_json::from_slice(&bytes).map_err(|err| {
             EngineError::Invalid(format!("the value of {} is not JSON: {err}", record.target))

@@ -161,7 +161,10 @@ impl StepState {
 
 impl RunState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
     }
 }
 
@@ -584,6 +587,5 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(LineageEdge, MaterializationRecord)>>;
 
     /// Materializations of a run, in id order.
-    async fn materializations_of_run(&self, run: RunId)
-    -> StoreResult<Vec<MaterializationRecord>>;
+    async fn materializations_of_run(&self, run: RunId) -> StoreResult<Vec<MaterializationRecord>>;
 }

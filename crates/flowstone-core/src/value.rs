@@ -18,9 +18,15 @@ pub type AnyValue = Box<dyn Any + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
     #[error("cannot encode a value of type {type_name}: {source}")]
-    Encode { type_name: &'static str, source: serde_json::Error },
+    Encode {
+        type_name: &'static str,
+        source: serde_json::Error,
+    },
     #[error("cannot decode a value of type {type_name}: {source}")]
-    Decode { type_name: &'static str, source: serde_json::Error },
+    Decode {
+        type_name: &'static str,
+        source: serde_json::Error,
+    },
     #[error("internal: expected a value of type {expected}, got another type")]
     WrongType { expected: &'static str },
 }
@@ -45,9 +51,9 @@ impl ValueType {
             type_name: std::any::type_name::<T>(),
             encode: |value, out| {
                 let type_name = std::any::type_name::<T>();
-                let value = value
-                    .downcast_ref::<T>()
-                    .ok_or(ValueError::WrongType { expected: type_name })?;
+                let value = value.downcast_ref::<T>().ok_or(ValueError::WrongType {
+                    expected: type_name,
+                })?;
                 serde_json::to_writer(out, value)
                     .map_err(|source| ValueError::Encode { type_name, source })
             },
@@ -116,7 +122,12 @@ mod tests {
         let back = ty.decode(&bytes).unwrap();
         assert_eq!(back.downcast_ref::<Vec<u32>>(), Some(&vec![1, 2, 3]));
         assert!(matches!(ty.encode(&"x"), Err(ValueError::WrongType { .. })));
-        assert!(ty.decode(b"{").unwrap_err().to_string().contains("cannot decode"));
+        assert!(
+            ty.decode(b"{")
+                .unwrap_err()
+                .to_string()
+                .contains("cannot decode")
+        );
     }
 
     #[test]

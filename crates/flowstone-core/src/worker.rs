@@ -32,8 +32,8 @@ use crate::ids::{AssetPartition, MaterializationId, RunId, WorkerId};
 use crate::io::IoManager;
 use crate::plan::{LOOKUP_CHUNK, upstream_targets_by_dep};
 use crate::store::{
-    ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent,
-    NewMaterialization, RunState, StepCounts, Store, StoreError, WorkerRecord,
+    ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent, NewMaterialization,
+    RunState, StepCounts, Store, StoreError, WorkerRecord,
 };
 
 /// How a worker loop behaves.
@@ -65,7 +65,9 @@ impl Default for WorkerOptions {
 
 /// The number of CPUs, at least 1.
 pub fn default_parallelism() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Asks a worker loop to stop.
@@ -108,7 +110,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn io_for(&self, def: &AssetDef) -> Arc<dyn IoManager> {
-        self.defs.io_manager(&def.io_manager).unwrap_or_else(|| self.default_io.clone())
+        self.defs
+            .io_manager(&def.io_manager)
+            .unwrap_or_else(|| self.default_io.clone())
     }
 }
 
@@ -265,8 +269,9 @@ async fn claim_work_commit(
         }
 
         // Commit: one batch of completions, one of failures.
-        let (done, failed): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|f| matches!(f, Finished::Done(_)));
+        let (done, failed): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|f| matches!(f, Finished::Done(_)));
         let done: Vec<Completion> = done
             .into_iter()
             .filter_map(|f| match f {
@@ -331,7 +336,14 @@ fn finished(
             };
             let def = shared.defs.asset(&step.target.asset);
             let error = AssetError::msg(message);
-            failure(&step, started, def.map(|d| d.as_ref()), error, Vec::new(), &shared.worker)
+            failure(
+                &step,
+                started,
+                def.map(|d| d.as_ref()),
+                error,
+                Vec::new(),
+                &shared.worker,
+            )
         }
     }
 }
@@ -370,8 +382,13 @@ async fn resolve_upstream(
 
     // Each distinct target once, in chunks.
     let mut distinct = HashSet::new();
-    let targets: Vec<&AssetPartition> =
-        by_step.iter().flatten().flatten().flatten().filter(|t| distinct.insert(*t)).collect();
+    let targets: Vec<&AssetPartition> = by_step
+        .iter()
+        .flatten()
+        .flatten()
+        .flatten()
+        .filter(|t| distinct.insert(*t))
+        .collect();
     let mut latest = HashMap::with_capacity(targets.len());
     let mut lookup_error = None;
     for chunk in targets.chunks(LOOKUP_CHUNK) {
@@ -394,7 +411,10 @@ async fn resolve_upstream(
                 Some(err) if !by_dep.is_empty() => Err(AssetError::new(anyhow::anyhow!(
                     "cannot look up the inputs: {err}"
                 ))),
-                _ => Ok(Upstream { by_dep, latest: latest.clone() }),
+                _ => Ok(Upstream {
+                    by_dep,
+                    latest: latest.clone(),
+                }),
             }
         })
         .collect()
@@ -467,7 +487,13 @@ async fn execute(
     // it recorded; the data version is on that record.
     let finished_at = Timestamp::now();
     let mut events = Vec::with_capacity(record.events.len() + 1);
-    events.push(step_event(&step, started, EventKind::StepStarted, Level::Info, "step started"));
+    events.push(step_event(
+        &step,
+        started,
+        EventKind::StepStarted,
+        Level::Info,
+        "step started",
+    ));
     events.extend(record.events);
     Finished::Done(Box::new(Completion {
         step: step.id,
@@ -508,7 +534,10 @@ async fn load_inputs(
     let mut slots = Vec::with_capacity(def.deps.len());
     let mut ids = Vec::with_capacity(upstream.by_dep.iter().map(Vec::len).sum());
     for (dep, targets) in def.deps.iter().zip(&upstream.by_dep) {
-        let up = shared.defs.asset(&dep.key).expect("dependencies are validated");
+        let up = shared
+            .defs
+            .asset(&dep.key)
+            .expect("dependencies are validated");
         let io = shared.io_for(up);
         let mut values = Vec::with_capacity(targets.len());
         for target in targets {
@@ -523,7 +552,10 @@ async fn load_inputs(
             values.push((target.partition.clone(), value));
             ids.push(id);
         }
-        slots.push(InputSlot { name: dep.name.clone(), values });
+        slots.push(InputSlot {
+            name: dep.name.clone(),
+            values,
+        });
     }
     ids.sort_unstable();
     ids.dedup();
@@ -556,10 +588,22 @@ fn failure(
         "step failed"
     );
     let mut events = Vec::with_capacity(logged.len() + 2);
-    events.push(step_event(step, started, EventKind::StepStarted, Level::Info, "step started"));
+    events.push(step_event(
+        step,
+        started,
+        EventKind::StepStarted,
+        Level::Info,
+        "step started",
+    ));
     events.extend(logged);
     let (kind, text) = match retry_at {
-        Some(at) => (EventKind::StepRetrying, format!("attempt {} failed, retrying at {at}: {message}", step.attempt)),
+        Some(at) => (
+            EventKind::StepRetrying,
+            format!(
+                "attempt {} failed, retrying at {at}: {message}",
+                step.attempt
+            ),
+        ),
         None => (EventKind::StepFailed, format!("failed: {message}")),
     };
     events.push(step_event(step, now, kind, Level::Error, &text));
@@ -612,14 +656,21 @@ pub(crate) async fn finish_run(store: &dyn Store, run: RunId) -> Result<RunState
         RunState::Succeeded
     };
     let now = Timestamp::now();
-    if store.set_run_state(run, &[RunState::Running], state, now).await? {
+    if store
+        .set_run_state(run, &[RunState::Running], state, now)
+        .await?
+    {
         store
             .append_events(vec![NewEvent {
                 run_id: run,
                 step_id: None,
                 at: now,
                 kind: EventKind::RunFinished,
-                level: if state == RunState::Succeeded { Level::Info } else { Level::Error },
+                level: if state == RunState::Succeeded {
+                    Level::Info
+                } else {
+                    Level::Error
+                },
                 message: format!(
                     "run {state}: {} completed, {} failed, {} skipped",
                     counts.completed, counts.failed, counts.skipped

@@ -47,7 +47,9 @@ pub(crate) fn micros_after(now: Timestamp, lease: jiff::SignedDuration) -> i64 {
 
 pub(crate) fn timestamp(column: &str, us: i64) -> StoreResult<Timestamp> {
     Timestamp::from_microsecond(us).map_err(|err| {
-        StoreError::Corrupt(format!("{column}: {us} is not a timestamp in microseconds: {err}"))
+        StoreError::Corrupt(format!(
+            "{column}: {us} is not a timestamp in microseconds: {err}"
+        ))
     })
 }
 
@@ -56,7 +58,8 @@ pub(crate) fn opt_timestamp(column: &str, us: Option<i64>) -> StoreResult<Option
 }
 
 pub(crate) fn run_id(column: &str, s: &str) -> StoreResult<RunId> {
-    s.parse().map_err(|err| StoreError::Corrupt(format!("{column}: {err}")))
+    s.parse()
+        .map_err(|err| StoreError::Corrupt(format!("{column}: {err}")))
 }
 
 pub(crate) fn asset_key(column: &str, s: &str) -> StoreResult<AssetKey> {
@@ -102,8 +105,14 @@ pub(crate) fn materialization(row: &SqliteRow) -> StoreResult<MaterializationRec
         run_id: run_id("materializations.run_id", &run)?,
         step_id: StepId(row.try_get("step_id").db()?),
         attempt: count("materializations.attempt", row.try_get("attempt").db()?)?,
-        started_at: timestamp("materializations.started_at", row.try_get("started_at").db()?)?,
-        finished_at: timestamp("materializations.finished_at", row.try_get("finished_at").db()?)?,
+        started_at: timestamp(
+            "materializations.started_at",
+            row.try_get("started_at").db()?,
+        )?,
+        finished_at: timestamp(
+            "materializations.finished_at",
+            row.try_get("finished_at").db()?,
+        )?,
         trigger: trigger.parse::<Trigger>()?,
         user: row.try_get("user_name").db()?,
         code_version: row.try_get("code_version").db()?,

@@ -111,8 +111,9 @@ impl SqliteStore {
             .in_memory(true)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let mut writer =
-            SqliteConnection::connect_with(&options).await.map_err(StoreError::backend)?;
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(StoreError::backend)?;
         migrate(&mut writer, "an in-memory database").await?;
         Ok(SqliteStore {
             describe: "sqlite::memory:".to_owned(),
@@ -145,9 +146,11 @@ impl SqliteStore {
             .row_buffer_size(1024);
 
         // The writer connects first: it creates the file and the schema.
-        let mut writer = SqliteConnection::connect_with(&options).await.map_err(|err| {
-            StoreError::Config(format!("cannot open the SQLite database {shown}: {err}"))
-        })?;
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|err| {
+                StoreError::Config(format!("cannot open the SQLite database {shown}: {err}"))
+            })?;
         migrate(&mut writer, &shown).await?;
 
         let readers = SqlitePoolOptions::new()
@@ -162,13 +165,19 @@ impl SqliteStore {
 
         let describe = format!("sqlite://{}", absolute(path).display());
         tracing::debug!(store = %describe, "opened");
-        Ok(SqliteStore { describe, writer: Mutex::new(writer), readers: Some(readers) })
+        Ok(SqliteStore {
+            describe,
+            writer: Mutex::new(writer),
+            readers: Some(readers),
+        })
     }
 
     /// A connection to read with.
     async fn reader(&self) -> StoreResult<ReadConn<'_>> {
         match &self.readers {
-            Some(pool) => Ok(ReadConn::Pooled(pool.acquire().await.map_err(StoreError::backend)?)),
+            Some(pool) => Ok(ReadConn::Pooled(
+                pool.acquire().await.map_err(StoreError::backend)?,
+            )),
             None => Ok(ReadConn::Writer(self.writer.lock().await)),
         }
     }
@@ -177,20 +186,25 @@ impl SqliteStore {
 async fn migrate(conn: &mut SqliteConnection, shown: &str) -> StoreResult<()> {
     use sqlx::migrate::MigrateError;
 
-    MIGRATOR.run_direct(None, conn, false).await.map_err(|err| match err {
-        MigrateError::VersionMissing(version) => StoreError::Config(format!(
-            "the SQLite database {shown} has schema version {version}, which this FlowStone \
+    MIGRATOR
+        .run_direct(None, conn, false)
+        .await
+        .map_err(|err| match err {
+            MigrateError::VersionMissing(version) => StoreError::Config(format!(
+                "the SQLite database {shown} has schema version {version}, which this FlowStone \
              does not know: it was written by a newer version"
-        )),
-        MigrateError::Execute(sqlx::Error::Database(db)) if db.code().as_deref() == Some("26") => {
-            // SQLITE_NOTADB: the first read of the file found no database.
-            StoreError::Config(format!(
-                "{shown} is not a SQLite database; give a new or FlowStone-made `.db` file, \
+            )),
+            MigrateError::Execute(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some("26") =>
+            {
+                // SQLITE_NOTADB: the first read of the file found no database.
+                StoreError::Config(format!(
+                    "{shown} is not a SQLite database; give a new or FlowStone-made `.db` file, \
                  or a directory"
-            ))
-        }
-        other => StoreError::backend(other),
-    })
+                ))
+            }
+            other => StoreError::backend(other),
+        })
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -27,7 +27,9 @@ pub(crate) enum Location {
 /// already exists there.
 pub(crate) fn parse(location: &str) -> StoreResult<Location> {
     let fail = |what: &str| {
-        StoreError::Config(format!("invalid SQLite location {location:?}: {what}; {ACCEPTED}"))
+        StoreError::Config(format!(
+            "invalid SQLite location {location:?}: {what}; {ACCEPTED}"
+        ))
     };
 
     let trimmed = location.trim();
@@ -64,7 +66,9 @@ pub(crate) fn parse(location: &str) -> StoreResult<Location> {
         return Ok(Location::File(path.to_path_buf()));
     }
     if path.exists() {
-        return Err(fail("it is an existing file whose name does not end in `.db`"));
+        return Err(fail(
+            "it is an existing file whose name does not end in `.db`",
+        ));
     }
     Ok(Location::File(path.join(DEFAULT_FILE_NAME)))
 }
@@ -78,9 +82,15 @@ mod tests {
         let dir = std::env::temp_dir();
         let file = |p: &str| Location::File(PathBuf::from(p));
 
-        assert_eq!(parse("sqlite:///var/x/flow.db").unwrap(), file("/var/x/flow.db"));
+        assert_eq!(
+            parse("sqlite:///var/x/flow.db").unwrap(),
+            file("/var/x/flow.db")
+        );
         assert_eq!(parse("sqlite:rel/flow.db").unwrap(), file("rel/flow.db"));
-        assert_eq!(parse("state/flow.sqlite3").unwrap(), file("state/flow.sqlite3"));
+        assert_eq!(
+            parse("state/flow.sqlite3").unwrap(),
+            file("state/flow.sqlite3")
+        );
         assert_eq!(parse("sqlite://state").unwrap(), file("state/flowstone.db"));
         assert_eq!(parse("sqlite::memory:").unwrap(), Location::Memory);
         assert_eq!(
@@ -91,7 +101,12 @@ mod tests {
 
     #[test]
     fn bad_locations_say_what_is_accepted() {
-        for bad in ["", "sqlite://", "postgres://localhost/db", "sqlite://x.db?mode=ro"] {
+        for bad in [
+            "",
+            "sqlite://",
+            "postgres://localhost/db",
+            "sqlite://x.db?mode=ro",
+        ] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains("invalid SQLite location"), "{bad}: {err}");
             assert!(err.contains("expected `sqlite://PATH`"), "{bad}: {err}");

@@ -82,7 +82,11 @@ impl SqliteStore {
     pub(crate) async fn read_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
         let mut conn = self.reader().await?;
         let sql = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1");
-        let row = sqlx::query(sql).bind(id.to_string()).fetch_optional(&mut *conn).await.db()?;
+        let row = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .db()?;
         let Some(row) = row else { return Ok(None) };
         let counts = step_counts(&mut conn, &[id]).await?;
         run_record(&row, &counts).map(Some)
@@ -95,7 +99,11 @@ impl SqliteStore {
             run_columns!(),
             " FROM runs ORDER BY created_at DESC, id DESC LIMIT ?1"
         );
-        let rows = sqlx::query(sql).bind(i64::from(limit)).fetch_all(&mut *conn).await.db()?;
+        let rows = sqlx::query(sql)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await
+            .db()?;
         let ids = rows
             .iter()
             .map(|row| codec::run_id("runs.id", &row.try_get::<String, _>("id").db()?))
@@ -167,7 +175,11 @@ impl SqliteStore {
             materialization_columns!(),
             " FROM materializations m WHERE id = ?1"
         );
-        let row = sqlx::query(sql).bind(id.0).fetch_optional(&mut *conn).await.db()?;
+        let row = sqlx::query(sql)
+            .bind(id.0)
+            .fetch_optional(&mut *conn)
+            .await
+            .db()?;
         row.as_ref().map(codec::materialization).transpose()
     }
 
@@ -227,7 +239,11 @@ impl SqliteStore {
               WHERE m.id IN (SELECT max(id) FROM materializations \
                              WHERE asset_key = ?1 GROUP BY partition_key)"
         );
-        let latest = sqlx::query(sql).bind(asset.as_str()).fetch_all(&mut *conn).await.db()?;
+        let latest = sqlx::query(sql)
+            .bind(asset.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .db()?;
 
         // The newest failed step per partition, from the partial index of
         // failed steps (SQLite takes the bare columns from the max row).
@@ -262,11 +278,17 @@ impl SqliteStore {
                 step_id: StepId(row.try_get("id").db()?),
                 run_id: codec::run_id("steps.run_id", &run)?,
                 at: codec::timestamp("steps.finished_at", row.try_get("at").db()?)?,
-                error: row.try_get::<Option<String>, _>("error").db()?.unwrap_or_default(),
+                error: row
+                    .try_get::<Option<String>, _>("error")
+                    .db()?
+                    .unwrap_or_default(),
             };
             match records.get_mut(&key) {
                 Some(record) => {
-                    let newer = record.latest.as_ref().is_none_or(|m| failure.at > m.finished_at);
+                    let newer = record
+                        .latest
+                        .as_ref()
+                        .is_none_or(|m| failure.at > m.finished_at);
                     if newer {
                         record.failure = Some(failure);
                     }
@@ -275,7 +297,11 @@ impl SqliteStore {
                     let partition = key.clone().map(codec::partition_key);
                     records.insert(
                         key,
-                        PartitionRecord { partition, latest: None, failure: Some(failure) },
+                        PartitionRecord {
+                            partition,
+                            latest: None,
+                            failure: Some(failure),
+                        },
                     );
                 }
             }
@@ -324,7 +350,11 @@ impl SqliteStore {
             materialization_columns!(),
             " FROM materializations m WHERE m.run_id = ?1 ORDER BY m.id"
         );
-        let rows = sqlx::query(sql).bind(run.to_string()).fetch_all(&mut *conn).await.db()?;
+        let rows = sqlx::query(sql)
+            .bind(run.to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .db()?;
         rows.iter().map(codec::materialization).collect()
     }
 }

@@ -197,7 +197,11 @@ impl SqliteStore {
                 .map(|(offset, step)| {
                     let i = first + offset;
                     let waits = upstream[i].len();
-                    let state = if waits == 0 { StepState::Available } else { StepState::Pending };
+                    let state = if waits == 0 {
+                        StepState::Available
+                    } else {
+                        StepState::Pending
+                    };
                     json!([
                         step_id(i),
                         step.target.asset.as_str(),
@@ -227,7 +231,10 @@ impl SqliteStore {
         let edges: Vec<serde_json::Value> = upstream
             .iter()
             .enumerate()
-            .flat_map(|(down, ups)| ups.iter().map(move |&up| json!([step_id(up), step_id(down)])))
+            .flat_map(|(down, ups)| {
+                ups.iter()
+                    .map(move |&up| json!([step_id(up), step_id(down)]))
+            })
             .collect();
         for chunk in edges.chunks(INSERT_CHUNK) {
             sqlx::query(
@@ -244,7 +251,11 @@ impl SqliteStore {
 
         let mut steps = StepCounts::default();
         for ups in &upstream {
-            let state = if ups.is_empty() { StepState::Available } else { StepState::Pending };
+            let state = if ups.is_empty() {
+                StepState::Available
+            } else {
+                StepState::Pending
+            };
             steps.add(state, 1);
         }
         Ok(RunRecord {
@@ -305,7 +316,10 @@ impl SqliteStore {
                     row.try_get("max_attempts").db()?,
                 )?,
                 trigger: trigger.parse()?,
-                user: row.try_get::<Option<String>, _>("user_name").db()?.unwrap_or_default(),
+                user: row
+                    .try_get::<Option<String>, _>("user_name")
+                    .db()?
+                    .unwrap_or_default(),
             };
             claimed.push((order, step));
         }
@@ -328,7 +342,12 @@ impl SqliteStore {
             .iter()
             .map(|&i| {
                 let c = &batch[i];
-                json!([c.step.0, c.attempt, c.worker.0, micros(c.materialization.finished_at)])
+                json!([
+                    c.step.0,
+                    c.attempt,
+                    c.worker.0,
+                    micros(c.materialization.finished_at)
+                ])
             })
             .collect();
 
@@ -341,7 +360,10 @@ impl SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .db()?;
-        let moved = rows.iter().map(claim_of).collect::<StoreResult<HashSet<_>>>()?;
+        let moved = rows
+            .iter()
+            .map(claim_of)
+            .collect::<StoreResult<HashSet<_>>>()?;
         let recorded: Vec<usize> = firsts
             .into_iter()
             .filter(|&i| {
@@ -351,7 +373,9 @@ impl SqliteStore {
             .collect();
         if recorded.is_empty() {
             tx.commit().await.db()?;
-            log_fenced("complete", &batch, &outcomes, |c| (c.step, c.attempt, &c.worker));
+            log_fenced("complete", &batch, &outcomes, |c| {
+                (c.step, c.attempt, &c.worker)
+            });
             return Ok(outcomes);
         }
 
@@ -422,7 +446,9 @@ impl SqliteStore {
             .db()?;
 
         tx.commit().await.db()?;
-        log_fenced("complete", &batch, &outcomes, |c| (c.step, c.attempt, &c.worker));
+        log_fenced("complete", &batch, &outcomes, |c| {
+            (c.step, c.attempt, &c.worker)
+        });
         Ok(outcomes)
     }
 
@@ -446,7 +472,11 @@ impl SqliteStore {
                 ])
             })
             .collect();
-        let skipped_at = batch.iter().map(|f| f.finished_at).max().unwrap_or_else(Timestamp::now);
+        let skipped_at = batch
+            .iter()
+            .map(|f| f.finished_at)
+            .max()
+            .unwrap_or_else(Timestamp::now);
 
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
@@ -510,7 +540,9 @@ impl SqliteStore {
         }
 
         tx.commit().await.db()?;
-        log_fenced("fail", &batch, &outcomes, |f| (f.step, f.attempt, &f.worker));
+        log_fenced("fail", &batch, &outcomes, |f| {
+            (f.step, f.attempt, &f.worker)
+        });
         Ok(outcomes)
     }
 
@@ -728,7 +760,11 @@ fn log_fenced<T>(
 /// batch order.
 fn first_per_claim<'a>(claims: impl Iterator<Item = (StepId, u32, &'a WorkerId)>) -> Vec<usize> {
     let mut seen = HashSet::new();
-    claims.enumerate().filter(|(_, claim)| seen.insert(*claim)).map(|(i, _)| i).collect()
+    claims
+        .enumerate()
+        .filter(|(_, claim)| seen.insert(*claim))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// The claim a fenced `UPDATE ... RETURNING id, attempt, worker` moved.
@@ -736,7 +772,9 @@ fn claim_of(row: &sqlx::sqlite::SqliteRow) -> StoreResult<(i64, i64, String)> {
     Ok((
         row.try_get("id").db()?,
         row.try_get("attempt").db()?,
-        row.try_get::<Option<String>, _>("worker").db()?.unwrap_or_default(),
+        row.try_get::<Option<String>, _>("worker")
+            .db()?
+            .unwrap_or_default(),
     ))
 }
 

@@ -25,9 +25,18 @@ async fn every_location_form_opens_and_reopens() {
     let root = dir.path().to_str().unwrap();
 
     let cases = [
-        (format!("sqlite://{root}/a"), format!("{root}/a/flowstone.db")),
-        (format!("sqlite:{root}/b/state.db"), format!("{root}/b/state.db")),
-        (format!("{root}/c/d/e"), format!("{root}/c/d/e/flowstone.db")),
+        (
+            format!("sqlite://{root}/a"),
+            format!("{root}/a/flowstone.db"),
+        ),
+        (
+            format!("sqlite:{root}/b/state.db"),
+            format!("{root}/b/state.db"),
+        ),
+        (
+            format!("{root}/c/d/e"),
+            format!("{root}/c/d/e/flowstone.db"),
+        ),
         (format!("{root}/f/g.sqlite3"), format!("{root}/f/g.sqlite3")),
         (root.to_owned(), format!("{root}/flowstone.db")),
     ];
@@ -39,7 +48,10 @@ async fn every_location_form_opens_and_reopens() {
         drop(store);
 
         let store = SqliteStore::open(&location).await.unwrap();
-        assert!(store.run(run.id).await.unwrap().is_some(), "{location} keeps its data");
+        assert!(
+            store.run(run.id).await.unwrap().is_some(),
+            "{location} keeps its data"
+        );
     }
 
     let store = SqliteStore::open("sqlite::memory:").await.unwrap();
@@ -62,11 +74,17 @@ async fn bad_locations_are_config_errors_that_say_what_is_accepted() {
 
     let cases = [
         ("".to_owned(), "the path is empty"),
-        ("postgres://localhost/flowstone".to_owned(), "`postgres://` is not SQLite"),
+        (
+            "postgres://localhost/flowstone".to_owned(),
+            "`postgres://` is not SQLite",
+        ),
         ("sqlite://x.db?mode=ro".to_owned(), "query parameters"),
         (text_file.display().to_string(), "does not end in `.db`"),
         (fake_db.display().to_string(), "not a"),
-        (format!("{}/sub/flow.db", blocked.display()), "cannot create the store directory"),
+        (
+            format!("{}/sub/flow.db", blocked.display()),
+            "cannot create the store directory",
+        ),
     ];
     for (location, expected) in cases {
         match SqliteStore::open(&location).await {
@@ -84,7 +102,9 @@ async fn bad_locations_are_config_errors_that_say_what_is_accepted() {
 #[tokio::test]
 async fn heartbeat_extends_the_lease_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().to_str().unwrap()).await.unwrap();
+    let store = SqliteStore::open(dir.path().to_str().unwrap())
+        .await
+        .unwrap();
     let run = store.create_run(one_step_run()).await.unwrap();
     let w = WorkerId("w1".into());
     let t0 = Timestamp::from_second(1_700_000_000).unwrap();
@@ -100,14 +120,20 @@ async fn heartbeat_extends_the_lease_in_the_file() {
     );
 
     let t1 = t0 + SignedDuration::from_secs(45);
-    store.heartbeat(&w, t1, SignedDuration::from_secs(120)).await.unwrap();
+    store
+        .heartbeat(&w, t1, SignedDuration::from_secs(120))
+        .await
+        .unwrap();
     assert_eq!(
         lease_until(&mut raw, run.id).await,
         t1.as_microsecond() + 2 * minute,
         "heartbeat extends"
     );
 
-    store.heartbeat(&WorkerId("other".into()), t1, SignedDuration::from_hours(9)).await.unwrap();
+    store
+        .heartbeat(&WorkerId("other".into()), t1, SignedDuration::from_hours(9))
+        .await
+        .unwrap();
     assert_eq!(
         lease_until(&mut raw, run.id).await,
         t1.as_microsecond() + 2 * minute,
@@ -136,13 +162,18 @@ async fn bad_upstream_indexes_are_rejected_before_writing() {
     run.steps[0].upstream = vec![3];
     let err = store.create_run(run.clone()).await.unwrap_err();
     assert!(err.to_string().contains("upstream step 3"), "{err}");
-    assert!(store.run(run.id).await.unwrap().is_none(), "nothing was written");
+    assert!(
+        store.run(run.id).await.unwrap().is_none(),
+        "nothing was written"
+    );
 }
 
 #[tokio::test]
 async fn corrupt_rows_are_corrupt_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().to_str().unwrap()).await.unwrap();
+    let store = SqliteStore::open(dir.path().to_str().unwrap())
+        .await
+        .unwrap();
     let run = store.create_run(one_step_run()).await.unwrap();
 
     let mut raw = raw_connection(dir.path()).await;
@@ -151,12 +182,22 @@ async fn corrupt_rows_are_corrupt_errors() {
         .execute(&mut raw)
         .await
         .unwrap();
-    sqlx::query("UPDATE steps SET started_at = ?1").bind(i64::MAX).execute(&mut raw).await.unwrap();
+    sqlx::query("UPDATE steps SET started_at = ?1")
+        .bind(i64::MAX)
+        .execute(&mut raw)
+        .await
+        .unwrap();
 
     let err = store.run(run.id).await.unwrap_err();
-    assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("telepathy")), "{err:?}");
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("telepathy")),
+        "{err:?}"
+    );
     let err = store.steps(run.id).await.unwrap_err();
-    assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("started_at")), "{err:?}");
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("started_at")),
+        "{err:?}"
+    );
 }
 
 // -- crash safety ----------------------------------------------------------------
@@ -214,58 +255,105 @@ async fn write_until_killed(path: &str) {
     let worker = WorkerId(format!("child-{}", std::process::id()));
     for batch in 0.. {
         let run = store.create_run(pairs_run(32)).await.unwrap();
-        let claim =
-            || ClaimRequest { run: Some(run.id), ..claim_request(&worker, Timestamp::now(), 64) };
+        let claim = || ClaimRequest {
+            run: Some(run.id),
+            ..claim_request(&worker, Timestamp::now(), 64)
+        };
         let raws = store.claim(claim()).await.unwrap();
         let raw_ids = complete(&store, &worker, &raws, |_| vec![]).await;
         let cleans = store.claim(claim()).await.unwrap();
-        let by_partition: BTreeMap<_, _> =
-            raws.iter().map(|s| s.target.partition.clone()).zip(raw_ids).collect();
-        complete(&store, &worker, &cleans, |s| vec![by_partition[&s.target.partition]]).await;
+        let by_partition: BTreeMap<_, _> = raws
+            .iter()
+            .map(|s| s.target.partition.clone())
+            .zip(raw_ids)
+            .collect();
+        complete(&store, &worker, &cleans, |s| {
+            vec![by_partition[&s.target.partition]]
+        })
+        .await;
         println!("committed {batch} {}", run.id);
     }
 }
 
 async fn check_after_kills(path: &str) {
-    let store = SqliteStore::open(path).await.expect("the database opens after the kills");
+    let store = SqliteStore::open(path)
+        .await
+        .expect("the database opens after the kills");
 
-    let mut raw = SqliteConnection::connect(&format!("sqlite://{path}")).await.unwrap();
-    let integrity: String =
-        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut raw).await.unwrap();
+    let mut raw = SqliteConnection::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
     assert_eq!(integrity, "ok");
 
     let materializations = scalar(&mut raw, "SELECT count(*) FROM materializations").await;
-    let completed = scalar(&mut raw, "SELECT count(*) FROM steps WHERE state = 'completed'").await;
-    assert!(materializations >= 2 * 32 * 5, "the children committed work: {materializations}");
-    assert_eq!(materializations, completed, "one materialization per completed step");
+    let completed = scalar(
+        &mut raw,
+        "SELECT count(*) FROM steps WHERE state = 'completed'",
+    )
+    .await;
+    assert!(
+        materializations >= 2 * 32 * 5,
+        "the children committed work: {materializations}"
+    );
+    assert_eq!(
+        materializations, completed,
+        "one materialization per completed step"
+    );
     let unmatched = scalar(
         &mut raw,
         "SELECT count(*) FROM steps s WHERE s.state = 'completed' \
          AND (SELECT count(*) FROM materializations m WHERE m.step_id = s.id) != 1",
     );
-    assert_eq!(unmatched.await, 0, "every completed step has exactly its materialization");
+    assert_eq!(
+        unmatched.await,
+        0,
+        "every completed step has exactly its materialization"
+    );
     let orphans = scalar(
         &mut raw,
         "SELECT count(*) FROM materializations m \
          WHERE NOT EXISTS (SELECT 1 FROM steps s WHERE s.id = m.step_id \
                            AND s.state = 'completed')",
     );
-    assert_eq!(orphans.await, 0, "no materialization without its completed step");
+    assert_eq!(
+        orphans.await,
+        0,
+        "no materialization without its completed step"
+    );
     let without_lineage = scalar(
         &mut raw,
         "SELECT count(*) FROM materializations m WHERE m.asset_key = 'clean' \
          AND (SELECT count(*) FROM lineage l WHERE l.consumer_id = m.id) != 1",
     );
-    assert_eq!(without_lineage.await, 0, "every clean materialization has its lineage edge");
-    let events = scalar(&mut raw, "SELECT count(*) FROM events WHERE kind = 'materialized'").await;
-    assert_eq!(events, materializations, "one materialized event per materialization");
+    assert_eq!(
+        without_lineage.await,
+        0,
+        "every clean materialization has its lineage edge"
+    );
+    let events = scalar(
+        &mut raw,
+        "SELECT count(*) FROM events WHERE kind = 'materialized'",
+    )
+    .await;
+    assert_eq!(
+        events, materializations,
+        "one materialized event per materialization"
+    );
     let unreleased = scalar(
         &mut raw,
         "SELECT count(*) FROM step_deps e \
          JOIN steps u ON u.id = e.upstream_id JOIN steps d ON d.id = e.downstream_id \
          WHERE u.state = 'completed' AND d.state = 'pending'",
     );
-    assert_eq!(unreleased.await, 0, "a completion released its downstream step with it");
+    assert_eq!(
+        unreleased.await,
+        0,
+        "a completion released its downstream step with it"
+    );
 
     // Nothing is stuck: the killed workers' claims can be released and the
     // remaining work finished.
@@ -274,9 +362,15 @@ async fn check_after_kills(path: &str) {
     for run in store.runs(1000).await.unwrap() {
         dead.extend(store.running_workers(run.id).await.unwrap());
     }
-    store.release(None, &dead, "worker killed", Timestamp::now()).await.unwrap();
+    store
+        .release(None, &dead, "worker killed", Timestamp::now())
+        .await
+        .unwrap();
     loop {
-        let claimed = store.claim(claim_request(&worker, Timestamp::now(), 256)).await.unwrap();
+        let claimed = store
+            .claim(claim_request(&worker, Timestamp::now(), 256))
+            .await
+            .unwrap();
         if claimed.is_empty() {
             break;
         }
@@ -308,7 +402,12 @@ async fn check_after_kills(path: &str) {
     }
     for run in store.runs(1000).await.unwrap() {
         let counts = store.step_counts(run.id).await.unwrap();
-        assert_eq!(counts.completed, counts.total(), "run {} finished: {counts:?}", run.id);
+        assert_eq!(
+            counts.completed,
+            counts.total(),
+            "run {} finished: {counts:?}",
+            run.id
+        );
     }
 }
 
@@ -320,7 +419,9 @@ async fn check_after_kills(path: &str) {
 async fn throughput_of_no_op_batches() {
     const STEPS: usize = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().to_str().unwrap()).await.unwrap();
+    let store = SqliteStore::open(dir.path().to_str().unwrap())
+        .await
+        .unwrap();
     let worker = WorkerId("bench".into());
 
     for batch_size in [64, 256] {
@@ -343,7 +444,10 @@ async fn throughput_of_no_op_batches() {
         loop {
             let t = Instant::now();
             let now = Timestamp::now();
-            let claimed = store.claim(claim_request(&worker, now, batch_size)).await.unwrap();
+            let claimed = store
+                .claim(claim_request(&worker, now, batch_size))
+                .await
+                .unwrap();
             claiming += t.elapsed();
             if claimed.is_empty() {
                 break;
@@ -372,12 +476,19 @@ async fn throughput_of_no_op_batches() {
     let mut done = 0;
     let mut raw_ids = BTreeMap::new();
     loop {
-        let claimed = store.claim(claim_request(&worker, Timestamp::now(), 256)).await.unwrap();
+        let claimed = store
+            .claim(claim_request(&worker, Timestamp::now(), 256))
+            .await
+            .unwrap();
         if claimed.is_empty() {
             break;
         }
         let ids = complete(&store, &worker, &claimed, |s| {
-            raw_ids.get(&s.target.partition).copied().into_iter().collect()
+            raw_ids
+                .get(&s.target.partition)
+                .copied()
+                .into_iter()
+                .collect()
         })
         .await;
         for (step, id) in claimed.iter().zip(ids) {
@@ -405,8 +516,12 @@ fn cpu_time() -> Duration {
     // Fields after the parenthesised command name; utime and stime are the
     // 12th and 13th of those, in clock ticks (100 per second on Linux).
     let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 =
-        rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
     Duration::from_millis(ticks * 10)
 }
 
@@ -501,7 +616,10 @@ async fn complete(
     steps: &[ClaimedStep],
     inputs: impl Fn(&ClaimedStep) -> Vec<MaterializationId>,
 ) -> Vec<MaterializationId> {
-    let batch = steps.iter().map(|s| completion(s, worker, inputs(s))).collect();
+    let batch = steps
+        .iter()
+        .map(|s| completion(s, worker, inputs(s)))
+        .collect();
     let outcomes = store.complete(batch).await.unwrap();
     outcomes
         .into_iter()

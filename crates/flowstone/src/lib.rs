@@ -37,7 +37,11 @@ pub mod __private {
     /// `A` and `P` only here, so a missing upstream or a wrong parameter type
     /// is reported once, at the parameter.
     pub const fn assert_upstream<A: Asset, P: FromUpstream<A::Output>>() -> Upstream<P> {
-        Upstream { key: A::KEY, output: ValueType::of::<A::Output>, take: take::<A, P> }
+        Upstream {
+            key: A::KEY,
+            output: ValueType::of::<A::Output>,
+            take: take::<A, P>,
+        }
     }
 
     /// An upstream asset as one parameter receives it.
@@ -125,9 +129,7 @@ pub mod __private {
     }
 
     /// An asset function's result, with its error as an [`AssetError`].
-    pub fn into_asset_result<T, E: IntoAssetError>(
-        result: Result<T, E>,
-    ) -> Result<T, AssetError> {
+    pub fn into_asset_result<T, E: IntoAssetError>(result: Result<T, E>) -> Result<T, AssetError> {
         result.map_err(IntoAssetError::into_asset_error)
     }
 }

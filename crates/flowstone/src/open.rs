@@ -30,7 +30,10 @@ pub async fn open_store(
     location: Option<&str>,
     storage: Option<&Path>,
 ) -> Result<OpenedStore, StoreError> {
-    let location = location.map(str::trim).filter(|l| !l.is_empty()).unwrap_or(DEFAULT_STORE);
+    let location = location
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .unwrap_or(DEFAULT_STORE);
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         return Err(StoreError::Config(format!(
             "cannot open {location:?}: this build has no PostgreSQL store yet; use a SQLite \
@@ -46,5 +49,9 @@ pub async fn open_store(
             .map(|dir| dir.join("storage"))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE).join("storage")),
     };
-    Ok(OpenedStore { store: Arc::new(store), storage, describe })
+    Ok(OpenedStore {
+        store: Arc::new(store),
+        storage,
+        describe,
+    })
 }

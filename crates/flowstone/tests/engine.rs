@@ -32,19 +32,23 @@ fn weekly() -> flowstone::PartitionsDef {
 fn defs(fail_on: Option<&'static str>, calls: Arc<AtomicU32>) -> Definitions {
     Definitions::builder()
         .add_asset(AssetBuilder::new("config").compute(|_ctx, _in| async { Ok(2u64) }))
-        .add_asset(AssetBuilder::new("numbers").partitions(daily()).compute(move |ctx, _in| {
-            let calls = calls.clone();
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                let key = ctx.require_partition_key()?.to_string();
-                if Some(key.as_str()) == fail_on {
-                    return Err(AssetError::fatal(anyhow::anyhow!("bad data on {key}")));
-                }
-                let day: u64 = key[8..10].parse()?;
-                ctx.add_metadata("rows", day);
-                Ok(vec![day; 3])
-            }
-        }))
+        .add_asset(
+            AssetBuilder::new("numbers")
+                .partitions(daily())
+                .compute(move |ctx, _in| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let key = ctx.require_partition_key()?.to_string();
+                        if Some(key.as_str()) == fail_on {
+                            return Err(AssetError::fatal(anyhow::anyhow!("bad data on {key}")));
+                        }
+                        let day: u64 = key[8..10].parse()?;
+                        ctx.add_metadata("rows", day);
+                        Ok(vec![day; 3])
+                    }
+                }),
+        )
         .add_asset(
             AssetBuilder::new("doubled")
                 .partitions(daily())
@@ -53,7 +57,8 @@ fn defs(fail_on: Option<&'static str>, calls: Arc<AtomicU32>) -> Definitions {
                 .compute(|ctx, mut inputs| async move {
                     let numbers: Vec<u64> = inputs.take::<Vec<u64>, _>("numbers")?;
                     let factor: u64 = inputs.take::<u64, _>("config")?;
-                    ctx.log().info(format!("doubling {} numbers", numbers.len()));
+                    ctx.log()
+                        .info(format!("doubling {} numbers", numbers.len()));
                     Ok(numbers.iter().map(|n| n * factor).collect::<Vec<u64>>())
                 }),
         )
@@ -62,8 +67,7 @@ fn defs(fail_on: Option<&'static str>, calls: Arc<AtomicU32>) -> Definitions {
                 .partitions(weekly())
                 .dep_mapped::<Vec<u64>>("doubled", PartitionMapping::TimeWindow { offset: 0 })
                 .compute(|_ctx, mut inputs| async move {
-                    let days: Partitioned<Vec<u64>> =
-                        inputs.take::<Vec<u64>, _>("doubled")?;
+                    let days: Partitioned<Vec<u64>> = inputs.take::<Vec<u64>, _>("doubled")?;
                     Ok(days.values().flatten().sum::<u64>())
                 }),
         )
@@ -75,7 +79,10 @@ fn defs(fail_on: Option<&'static str>, calls: Arc<AtomicU32>) -> Definitions {
 async fn engine(fail_on: Option<&'static str>) -> (Engine, Arc<AtomicU32>) {
     let calls = Arc::new(AtomicU32::new(0));
     let store = SqliteStore::in_memory().await.unwrap();
-    (Engine::new(defs(fail_on, calls.clone()), Arc::new(store)), calls)
+    (
+        Engine::new(defs(fail_on, calls.clone()), Arc::new(store)),
+        calls,
+    )
 }
 
 fn all() -> RunRequest {
@@ -90,22 +97,44 @@ async fn backfill_materializes_everything_and_records_lineage() {
     // 1 config + 10 numbers + 10 doubled + 2 weeks.
     assert_eq!(outcome.recorded, 23);
 
-    let (_, value) = engine.value("weekly_sum", Some("2024-01-01")).await.unwrap();
+    let (_, value) = engine
+        .value("weekly_sum", Some("2024-01-01"))
+        .await
+        .unwrap();
     // Days 1..=7, three numbers each, doubled.
-    assert_eq!(value, serde_json::json!((1..=7).map(|d| d * 3 * 2).sum::<u64>()));
-    let (_, second) = engine.value("weekly_sum", Some("2024-01-08")).await.unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!((1..=7).map(|d| d * 3 * 2).sum::<u64>())
+    );
+    let (_, second) = engine
+        .value("weekly_sum", Some("2024-01-08"))
+        .await
+        .unwrap();
     // The second week is cut at the range end: days 8..=10.
-    assert_eq!(second, serde_json::json!((8..=10).map(|d| d * 3 * 2).sum::<u64>()));
+    assert_eq!(
+        second,
+        serde_json::json!((8..=10).map(|d| d * 3 * 2).sum::<u64>())
+    );
 
-    let lineage = engine.lineage("weekly_sum", Some("2024-01-01"), Direction::Upstream).await.unwrap();
-    let direct: Vec<String> =
-        lineage.nodes.iter().filter(|(d, _)| *d == 1).map(|(_, m)| m.target.to_string()).collect();
+    let lineage = engine
+        .lineage("weekly_sum", Some("2024-01-01"), Direction::Upstream)
+        .await
+        .unwrap();
+    let direct: Vec<String> = lineage
+        .nodes
+        .iter()
+        .filter(|(d, _)| *d == 1)
+        .map(|(_, m)| m.target.to_string())
+        .collect();
     assert_eq!(direct.len(), 7, "{direct:?}");
     assert!(direct.contains(&"doubled[2024-01-03]".to_owned()));
     let deeper = lineage.nodes.iter().filter(|(d, _)| *d == 2).count();
     assert_eq!(deeper, 8, "7 numbers and config");
 
-    let down = engine.lineage("config", None, Direction::Downstream).await.unwrap();
+    let down = engine
+        .lineage("config", None, Direction::Downstream)
+        .await
+        .unwrap();
     assert_eq!(down.nodes.len(), 12, "10 doubled and 2 weekly sums");
 }
 
@@ -129,14 +158,30 @@ async fn a_failure_skips_downstream_and_leaves_other_partitions_running() {
     let outcome = engine.run(all()).await.unwrap().unwrap();
     assert_eq!(outcome.run.state, RunState::Failed);
     let steps = engine.store().steps(outcome.run.id).await.unwrap();
-    let state_of = |t: &str| steps.iter().find(|s| s.target.to_string() == t).unwrap().state;
+    let state_of = |t: &str| {
+        steps
+            .iter()
+            .find(|s| s.target.to_string() == t)
+            .unwrap()
+            .state
+    };
     assert_eq!(state_of("numbers[2024-01-03]"), StepState::Failed);
     assert_eq!(state_of("doubled[2024-01-03]"), StepState::Skipped);
     assert_eq!(state_of("weekly_sum[2024-01-01]"), StepState::Skipped);
     assert_eq!(state_of("doubled[2024-01-04]"), StepState::Completed);
     assert_eq!(state_of("weekly_sum[2024-01-08]"), StepState::Completed);
-    let skipped = steps.iter().find(|s| s.target.to_string() == "doubled[2024-01-03]").unwrap();
-    assert!(skipped.error.as_deref().unwrap().contains("numbers[2024-01-03]"), "{skipped:?}");
+    let skipped = steps
+        .iter()
+        .find(|s| s.target.to_string() == "doubled[2024-01-03]")
+        .unwrap();
+    assert!(
+        skipped
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("numbers[2024-01-03]"),
+        "{skipped:?}"
+    );
 
     let status = engine.status("numbers").await.unwrap();
     assert_eq!(status.counts.failed, 1);
@@ -147,7 +192,11 @@ async fn a_failure_skips_downstream_and_leaves_other_partitions_running() {
     // Fix nothing, re-run: only the failed partition and what it blocked run.
     let before = calls.load(Ordering::SeqCst);
     let again = engine.run(all()).await.unwrap().unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), before + 1, "only the failed partition reruns");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "only the failed partition reruns"
+    );
     assert_eq!(again.run.steps.total(), 3, "{:?}", again.run.steps);
 }
 
@@ -174,9 +223,13 @@ async fn retries_with_backoff_until_success() {
                     }
                 }),
         )
-        .add_asset(AssetBuilder::new("hopeless").retry(RetryPolicy::exponential(5)).compute(
-            |_ctx, _| async { Err::<u32, _>(AssetError::fatal(anyhow::anyhow!("schema changed"))) },
-        ))
+        .add_asset(
+            AssetBuilder::new("hopeless")
+                .retry(RetryPolicy::exponential(5))
+                .compute(|_ctx, _| async {
+                    Err::<u32, _>(AssetError::fatal(anyhow::anyhow!("schema changed")))
+                }),
+        )
         .io_manager("default", MemoryIoManager::new())
         .build()
         .unwrap();
@@ -184,12 +237,29 @@ async fn retries_with_backoff_until_success() {
     let outcome = engine.run(all()).await.unwrap().unwrap();
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     let steps = engine.store().steps(outcome.run.id).await.unwrap();
-    let flaky = steps.iter().find(|s| s.target.asset.as_str() == "flaky").unwrap();
+    let flaky = steps
+        .iter()
+        .find(|s| s.target.asset.as_str() == "flaky")
+        .unwrap();
     assert_eq!((flaky.state, flaky.attempt), (StepState::Completed, 3));
-    let hopeless = steps.iter().find(|s| s.target.asset.as_str() == "hopeless").unwrap();
-    assert_eq!((hopeless.state, hopeless.attempt), (StepState::Failed, 1), "fatal: no retry");
-    let events = engine.store().events(outcome.run.id, None, 1000).await.unwrap();
-    let retries = events.iter().filter(|e| e.message.contains("retrying")).count();
+    let hopeless = steps
+        .iter()
+        .find(|s| s.target.asset.as_str() == "hopeless")
+        .unwrap();
+    assert_eq!(
+        (hopeless.state, hopeless.attempt),
+        (StepState::Failed, 1),
+        "fatal: no retry"
+    );
+    let events = engine
+        .store()
+        .events(outcome.run.id, None, 1000)
+        .await
+        .unwrap();
+    let retries = events
+        .iter()
+        .filter(|e| e.message.contains("retrying"))
+        .count();
     assert_eq!(retries, 2);
 }
 
@@ -211,8 +281,16 @@ async fn a_panicking_asset_fails_its_step_only() {
     assert_eq!(outcome.run.state, RunState::Failed);
     assert_eq!(outcome.recorded, 1);
     let steps = engine.store().steps(outcome.run.id).await.unwrap();
-    let boom = steps.iter().find(|s| s.target.asset.as_str() == "boom").unwrap();
-    assert!(boom.error.as_deref().unwrap().contains("asset panicked: index out of bounds"));
+    let boom = steps
+        .iter()
+        .find(|s| s.target.asset.as_str() == "boom")
+        .unwrap();
+    assert!(
+        boom.error
+            .as_deref()
+            .unwrap()
+            .contains("asset panicked: index out of bounds")
+    );
 }
 
 #[tokio::test]
@@ -221,16 +299,30 @@ async fn rematerializing_upstream_makes_downstream_stale_and_impact_says_so() {
     engine.run(all()).await.unwrap().unwrap();
     assert_eq!(engine.status("doubled").await.unwrap().counts.stale, 0);
 
-    engine.materialize("numbers", Some("2024-01-02")).await.unwrap();
+    engine
+        .materialize("numbers", Some("2024-01-02"))
+        .await
+        .unwrap();
     let status = engine.status("doubled").await.unwrap();
     assert_eq!(status.counts.stale, 1, "{:?}", status.partitions);
-    let stale = status.partitions.iter().find(|p| matches!(p.state, PartitionState::Stale(_)));
-    assert_eq!(stale.unwrap().partition.as_ref().unwrap().as_str(), "2024-01-02");
+    let stale = status
+        .partitions
+        .iter()
+        .find(|p| matches!(p.state, PartitionState::Stale(_)));
+    assert_eq!(
+        stale.unwrap().partition.as_ref().unwrap().as_str(),
+        "2024-01-02"
+    );
 
     let impact = engine.impact("numbers", Some("2024-01-02")).unwrap();
     let summary: Vec<(String, Vec<String>)> = impact
         .iter()
-        .map(|e| (e.asset.to_string(), e.partitions.iter().map(|p| p.to_string()).collect()))
+        .map(|e| {
+            (
+                e.asset.to_string(),
+                e.partitions.iter().map(|p| p.to_string()).collect(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -249,12 +341,21 @@ async fn materialize_checks_its_input() {
     let err = engine.materialize("doubled", None).await.unwrap_err();
     assert!(err.to_string().contains("is partitioned"), "{err}");
     assert!(err.is_user_error());
-    let err = engine.materialize("doubled", Some("2024-13-01")).await.unwrap_err();
+    let err = engine
+        .materialize("doubled", Some("2024-13-01"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("2024-13-01"), "{err}");
-    let err = engine.materialize("doubled", Some("2024-01-02")).await.unwrap_err();
+    let err = engine
+        .materialize("doubled", Some("2024-01-02"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not materialized"), "{err}");
     assert!(err.to_string().contains("--with-upstream"), "{err}");
-    let ok = engine.materialize_with_upstream("doubled", Some("2024-01-02")).await.unwrap();
+    let ok = engine
+        .materialize_with_upstream("doubled", Some("2024-01-02"))
+        .await
+        .unwrap();
     assert_eq!(ok.recorded, 3);
     let err = engine.materialize("config", Some("x")).await.unwrap_err();
     assert!(err.to_string().contains("not partitioned"), "{err}");
@@ -267,20 +368,23 @@ async fn an_interrupted_run_resumes_without_redoing_completed_steps() {
     let calls = Arc::new(AtomicU32::new(0));
     let seen = calls.clone();
     let defs = Definitions::builder()
-        .add_asset(AssetBuilder::new("slow").partitions(daily()).compute(move |_ctx, _| {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                Ok(1u8)
-            }
-        }))
+        .add_asset(
+            AssetBuilder::new("slow")
+                .partitions(daily())
+                .compute(move |_ctx, _| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok(1u8)
+                    }
+                }),
+        )
         .io_manager("default", MemoryIoManager::new())
         .build()
         .unwrap();
     let engine = Engine::new(defs, Arc::new(SqliteStore::in_memory().await.unwrap()));
-    let Launch::Started { handle, run, .. } =
-        engine.launch(all().max_parallel(2)).await.unwrap()
+    let Launch::Started { handle, run, .. } = engine.launch(all().max_parallel(2)).await.unwrap()
     else {
         panic!("expected a run");
     };
@@ -292,9 +396,19 @@ async fn an_interrupted_run_resumes_without_redoing_completed_steps() {
     let done = outcome.run.steps.completed;
     assert!(done > 0 && done < 10, "{:?}", outcome.run.steps);
 
-    let resumed = engine.resume(run.id, 4).await.unwrap().wait().await.unwrap();
+    let resumed = engine
+        .resume(run.id, 4)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(resumed.run.state, RunState::Succeeded);
-    assert_eq!(calls.load(Ordering::SeqCst), 10, "no completed step ran twice");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        10,
+        "no completed step ran twice"
+    );
     let err = engine.resume(run.id, 4).await.err().unwrap();
     assert!(err.to_string().contains("already succeeded"), "{err}");
 }
@@ -327,11 +441,22 @@ async fn an_asset_can_read_the_same_upstream_twice_through_two_mappings() {
     let engine = Engine::new(defs, Arc::new(SqliteStore::in_memory().await.unwrap()));
     engine.run(all()).await.unwrap().unwrap();
     let (_, first) = engine.value("delta", Some("2024-01-01")).await.unwrap();
-    assert_eq!(first, serde_json::json!(1), "no yesterday before the first day");
+    assert_eq!(
+        first,
+        serde_json::json!(1),
+        "no yesterday before the first day"
+    );
     let (_, fifth) = engine.value("delta", Some("2024-01-05")).await.unwrap();
     assert_eq!(fifth, serde_json::json!(1));
-    let lineage = engine.lineage("delta", Some("2024-01-05"), Direction::Upstream).await.unwrap();
-    let read: Vec<String> = lineage.nodes.iter().map(|(_, m)| m.target.to_string()).collect();
+    let lineage = engine
+        .lineage("delta", Some("2024-01-05"), Direction::Upstream)
+        .await
+        .unwrap();
+    let read: Vec<String> = lineage
+        .nodes
+        .iter()
+        .map(|(_, m)| m.target.to_string())
+        .collect();
     assert_eq!(read, ["numbers[2024-01-04]", "numbers[2024-01-05]"]);
     let impact = engine.impact("numbers", Some("2024-01-05")).unwrap();
     let keys: Vec<String> = impact[0].partitions.iter().map(|p| p.to_string()).collect();
@@ -339,14 +464,16 @@ async fn an_asset_can_read_the_same_upstream_twice_through_two_mappings() {
 }
 
 fn defs_numbers(calls: Arc<AtomicU32>) -> AssetBuilder {
-    AssetBuilder::new("numbers").partitions(daily()).compute(move |ctx, _in| {
-        let calls = calls.clone();
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let day: u64 = ctx.require_partition_key()?.as_str()[8..10].parse()?;
-            Ok(vec![day])
-        }
-    })
+    AssetBuilder::new("numbers")
+        .partitions(daily())
+        .compute(move |ctx, _in| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let day: u64 = ctx.require_partition_key()?.as_str()[8..10].parse()?;
+                Ok(vec![day])
+            }
+        })
 }
 
 #[tokio::test]
@@ -354,12 +481,24 @@ async fn each_step_records_one_materialized_event_naming_its_materialization() {
     let (engine, _) = engine(None).await;
     let outcome = engine.run(all()).await.unwrap().unwrap();
 
-    let events = engine.store().events(outcome.run.id, None, 1000).await.unwrap();
-    let materialized: Vec<_> =
-        events.iter().filter(|e| e.kind == flowstone::store::EventKind::Materialized).collect();
-    assert_eq!(materialized.len() as u64, outcome.recorded, "{materialized:?}");
+    let events = engine
+        .store()
+        .events(outcome.run.id, None, 1000)
+        .await
+        .unwrap();
+    let materialized: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == flowstone::store::EventKind::Materialized)
+        .collect();
+    assert_eq!(
+        materialized.len() as u64,
+        outcome.recorded,
+        "{materialized:?}"
+    );
     assert!(
-        materialized.iter().all(|e| e.data["materialization_id"].is_u64()),
+        materialized
+            .iter()
+            .all(|e| e.data["materialization_id"].is_u64()),
         "{materialized:?}"
     );
 }

@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use flowstone::partitions::{PartitionsDef, PartitionsError, TimeWindowPartitions};
-use flowstone::{AssetContext, DefinitionErrors, Definitions, Partitioned, Result, ResultExt, asset};
+use flowstone::{
+    AssetContext, DefinitionErrors, Definitions, Partitioned, Result, ResultExt, asset,
+};
 use jiff::civil::Date;
 
 use crate::{

@@ -30,7 +30,10 @@ fn bad_input(store: &Path, args: &[&str], needles: &[&str]) {
     assert_eq!(out.status.code(), Some(2), "{args:?}\n{all}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     for needle in needles {
-        assert!(stderr.contains(needle), "{args:?}: missing {needle:?}\n{all}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: missing {needle:?}\n{all}"
+        );
     }
     assert!(!stderr.contains("panicked"), "{args:?}\n{all}");
 }
@@ -40,50 +43,89 @@ fn bad_input_gets_a_clear_message_and_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path();
     bad_input(store, &["frobnicate"], &["unrecognized subcommand"]);
-    bad_input(store, &["materialize", "daily_reprot", "-p", "2013-01-01"], &[
-        "unknown asset daily_reprot",
-        "did you mean daily_report?",
-    ]);
-    bad_input(store, &["materialize", "daily_report"], &[
-        "is partitioned",
-        "--partition 2013-01-01",
-    ]);
-    bad_input(store, &["materialize", "daily_report", "-p", "2013-13-01"], &[
-        "2013-13-01",
-        "2013-01-01",
-    ]);
-    bad_input(store, &["materialize", "daily_report", "-p", "2014-02-01"], &[
-        "outside",
-        "2013-12-31",
-    ]);
-    bad_input(store, &["materialize", "airlines", "-p", "2013-01-01"], &["not partitioned"]);
-    bad_input(store, &["materialize", "raw_weather", "-p", "2013-11-03T01:00"], &[
-        "ambiguous",
-        "2013-11-03T01:00-04:00",
-        "2013-11-03T01:00-05:00",
-    ]);
-    bad_input(store, &["materialize", "raw_weather", "-p", "2013-03-10T02:00"], &[
-        "2013-03-10T02:00",
-    ]);
-    bad_input(store, &["materialize", "daily_report", "-p", "2013-01-01"], &[
-        "not materialized",
-        "--with-upstream",
-    ]);
+    bad_input(
+        store,
+        &["materialize", "daily_reprot", "-p", "2013-01-01"],
+        &["unknown asset daily_reprot", "did you mean daily_report?"],
+    );
+    bad_input(
+        store,
+        &["materialize", "daily_report"],
+        &["is partitioned", "--partition 2013-01-01"],
+    );
+    bad_input(
+        store,
+        &["materialize", "daily_report", "-p", "2013-13-01"],
+        &["2013-13-01", "2013-01-01"],
+    );
+    bad_input(
+        store,
+        &["materialize", "daily_report", "-p", "2014-02-01"],
+        &["outside", "2013-12-31"],
+    );
+    bad_input(
+        store,
+        &["materialize", "airlines", "-p", "2013-01-01"],
+        &["not partitioned"],
+    );
+    bad_input(
+        store,
+        &["materialize", "raw_weather", "-p", "2013-11-03T01:00"],
+        &[
+            "ambiguous",
+            "2013-11-03T01:00-04:00",
+            "2013-11-03T01:00-05:00",
+        ],
+    );
+    bad_input(
+        store,
+        &["materialize", "raw_weather", "-p", "2013-03-10T02:00"],
+        &["2013-03-10T02:00"],
+    );
+    bad_input(
+        store,
+        &["materialize", "daily_report", "-p", "2013-01-01"],
+        &["not materialized", "--with-upstream"],
+    );
     bad_input(store, &["backfill", "--from", "2013-01-05"], &["--to"]);
-    bad_input(store, &["backfill", "--from", "2013-01-05", "--to", "2013-01-01"], &["2013-01-05"]);
+    bad_input(
+        store,
+        &["backfill", "--from", "2013-01-05", "--to", "2013-01-01"],
+        &["2013-01-05"],
+    );
     bad_input(store, &["backfill"], &["--all"]);
-    bad_input(store, &["backfill", "--all", "--max-parallel", "0"], &["max-parallel"]);
+    bad_input(
+        store,
+        &["backfill", "--all", "--max-parallel", "0"],
+        &["max-parallel"],
+    );
     bad_input(store, &["lineage", "sideways", "airlines"], &["sideways"]);
-    bad_input(store, &["lineage", "upstream", "airlines"], &["never been materialized"]);
+    bad_input(
+        store,
+        &["lineage", "upstream", "airlines"],
+        &["never been materialized"],
+    );
     bad_input(store, &["impact", "daily_report"], &["is partitioned"]);
     bad_input(store, &["runs", "show", "xyz"], &["invalid run id"]);
-    bad_input(store, &["runs", "resume", "01890a5d-ac96-774b-bcce-b302099a8057"], &["no run"]);
+    bad_input(
+        store,
+        &["runs", "resume", "01890a5d-ac96-774b-bcce-b302099a8057"],
+        &["no run"],
+    );
     bad_input(store, &["events", "0000"], &["no run id starts with"]);
     bad_input(store, &["show", "airlines"], &["never been materialized"]);
-    bad_input(store, &["--store", "postgres://x", "status"], &["PostgreSQL"]);
+    bad_input(
+        store,
+        &["--store", "postgres://x", "status"],
+        &["PostgreSQL"],
+    );
     let file = dir.path().join("not-a-store.txt");
     std::fs::write(&file, "hello").unwrap();
-    bad_input(store, &["--store", file.to_str().unwrap(), "status"], &["not-a-store.txt"]);
+    bad_input(
+        store,
+        &["--store", file.to_str().unwrap(), "status"],
+        &["not-a-store.txt"],
+    );
     bad_input(store, &["materialize", "airlines", "--as", " "], &["--as"]);
 }
 
@@ -91,30 +133,70 @@ fn bad_input_gets_a_clear_message_and_exit_code_2() {
 fn materialize_show_lineage_and_json_from_an_empty_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path();
-    let out = flights(store, &["materialize", "cleaned_flights", "-p", "2013-01-02", "--with-upstream"]);
+    let out = flights(
+        store,
+        &[
+            "materialize",
+            "cleaned_flights",
+            "-p",
+            "2013-01-02",
+            "--with-upstream",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("succeeded"),
+        "{}",
+        text(&out)
+    );
 
     // 24 hours of weather, the day, the flights, airlines and the cleaned day.
     let out = flights(store, &["--json", "runs", "list"]);
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs[0]["steps"]["completed"], 28, "{runs}");
 
-    let out = flights(store, &["--json", "show", "cleaned_flights", "-p", "2013-01-02"]);
+    let out = flights(
+        store,
+        &["--json", "show", "cleaned_flights", "-p", "2013-01-02"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let counts = &shown["value"]["counts"];
-    assert_eq!(shown["materialization"]["metadata"]["rows_in"], counts["rows_in"]);
+    assert_eq!(
+        shown["materialization"]["metadata"]["rows_in"],
+        counts["rows_in"]
+    );
 
-    let out = flights(store, &["--json", "lineage", "upstream", "cleaned_flights", "-p", "2013-01-02"]);
+    let out = flights(
+        store,
+        &[
+            "--json",
+            "lineage",
+            "upstream",
+            "cleaned_flights",
+            "-p",
+            "2013-01-02",
+        ],
+    );
     let lineage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(lineage["nodes"].as_array().unwrap().len(), 27, "{lineage}");
 
     // A second identical backfill of what exists does nothing and says so.
-    let range = ["backfill", "cleaned_flights", "--from", "2013-01-02", "--to", "2013-01-02"];
+    let range = [
+        "backfill",
+        "cleaned_flights",
+        "--from",
+        "2013-01-02",
+        "--to",
+        "2013-01-02",
+    ];
     let out = flights(store, &range);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to do"),
+        "{}",
+        text(&out)
+    );
 
     let out = flights(store, &["status", "daily_weather"]);
     let status = String::from_utf8_lossy(&out.stdout);
@@ -139,7 +221,15 @@ fn wait_for_progress(store: &Path) -> Option<String> {
 
 fn spawn_backfill(store: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_flights"))
-        .args(["backfill", "raw_weather", "daily_weather", "--from", "2013-01-01", "--to", "2013-01-20"])
+        .args([
+            "backfill",
+            "raw_weather",
+            "daily_weather",
+            "--from",
+            "2013-01-01",
+            "--to",
+            "2013-01-20",
+        ])
         .args(["--max-parallel", "2"])
         .env("FLOWSTONE_STORE", store)
         .stdout(std::process::Stdio::null())
@@ -171,12 +261,19 @@ fn a_killed_run_resumes_without_redoing_completed_steps() {
     // 20 days × 24 hours (January has no DST change) plus 20 days.
     assert_eq!(completed, 20 * 24 + 20, "{resumed}");
     let recorded = resumed["recorded"].as_u64().unwrap();
-    assert!(recorded <= completed - completed_before + 2, "no completed step ran twice");
+    assert!(
+        recorded <= completed - completed_before + 2,
+        "no completed step ran twice"
+    );
 
     // One materialization per asset partition of the run, none twice.
     let out = flights(store, &["--json", "status", "raw_weather"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["counts"]["materialized"], 480, "{}", status["counts"]);
+    assert_eq!(
+        status["counts"]["materialized"], 480,
+        "{}",
+        status["counts"]
+    );
 }
 
 #[test]
@@ -191,14 +288,20 @@ fn ctrl_c_stops_gracefully_and_says_how_to_resume() {
         .spawn()
         .unwrap();
     wait_for_progress(store).expect("the backfill made progress");
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let started = std::time::Instant::now();
     let out = loop {
         if let Some(_status) = child.try_wait().unwrap() {
             break child.wait_with_output().unwrap();
         }
-        assert!(started.elapsed().as_secs() < 60, "the run did not stop after Ctrl-C");
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the run did not stop after Ctrl-C"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));

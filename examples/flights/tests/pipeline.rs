@@ -40,7 +40,11 @@ fn check_carriers(stored: &Value, expected: &Value, day: &str) {
         let e = &want[code];
         let what = |field: &str| format!("{day} {code} {field}");
         close(&c["totals"]["flights"], &e["flights"], &what("flights"));
-        close(&c["totals"]["cancelled"], &e["cancelled"], &what("cancelled"));
+        close(
+            &c["totals"]["cancelled"],
+            &e["cancelled"],
+            &what("cancelled"),
+        );
         for field in ["mean_dep_delay_min", "mean_arr_delay_min", "on_time_pct"] {
             close(&c[field], &e[field], &what(field));
         }
@@ -53,7 +57,10 @@ async fn daily_reports_through_the_engine_match_the_independent_figures() {
     let engine = engine(dir.path()).await;
     let expected = expected();
     for day in ["2013-03-10", "2013-11-03", "2013-07-04"] {
-        let outcome = engine.materialize_with_upstream("daily_report", Some(day)).await.unwrap();
+        let outcome = engine
+            .materialize_with_upstream("daily_report", Some(day))
+            .await
+            .unwrap();
         assert_eq!(outcome.run.steps.failed, 0, "{day}");
         let (_, report) = engine.value("daily_report", Some(day)).await.unwrap();
         check_carriers(&report, &expected["days"][day], day);
@@ -63,8 +70,10 @@ async fn daily_reports_through_the_engine_match_the_independent_figures() {
     let steps_of = |day: &'static str| {
         let engine = engine.clone();
         async move {
-            let lineage =
-                engine.lineage("daily_weather", Some(day), Direction::Upstream).await.unwrap();
+            let lineage = engine
+                .lineage("daily_weather", Some(day), Direction::Upstream)
+                .await
+                .unwrap();
             lineage.nodes.len()
         }
     };
@@ -72,11 +81,17 @@ async fn daily_reports_through_the_engine_match_the_independent_figures() {
     assert_eq!(steps_of("2013-11-03").await, 25);
 
     // The cleaned flights record their row counts as metadata.
-    let (record, _) = engine.value("cleaned_flights", Some("2013-07-04")).await.unwrap();
+    let (record, _) = engine
+        .value("cleaned_flights", Some("2013-07-04"))
+        .await
+        .unwrap();
     let rows_in = record.metadata["rows_in"].as_u64().unwrap();
     let cancelled = record.metadata["cancelled"].as_u64().unwrap();
     let rows_out = record.metadata["rows_out"].as_u64().unwrap();
-    assert_eq!(rows_in, rows_out + cancelled + record.metadata["dropped"].as_u64().unwrap());
+    assert_eq!(
+        rows_in,
+        rows_out + cancelled + record.metadata["dropped"].as_u64().unwrap()
+    );
     let total = expected["days"]["2013-07-04"]["rows"].as_u64();
     if let Some(total) = total {
         assert_eq!(rows_in, total);
@@ -87,18 +102,35 @@ async fn daily_reports_through_the_engine_match_the_independent_figures() {
 async fn a_week_through_the_engine_matches_the_independent_figures() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path()).await;
-    let outcome =
-        engine.materialize_with_upstream("weekly_report", Some("2013-03-04")).await.unwrap();
+    let outcome = engine
+        .materialize_with_upstream("weekly_report", Some("2013-03-04"))
+        .await
+        .unwrap();
     assert_eq!(outcome.run.steps.failed, 0);
-    let (_, week) = engine.value("weekly_report", Some("2013-03-04")).await.unwrap();
-    check_carriers(&week, &expected()["weeks"]["2013-03-04"], "week of 2013-03-04");
+    let (_, week) = engine
+        .value("weekly_report", Some("2013-03-04"))
+        .await
+        .unwrap();
+    check_carriers(
+        &week,
+        &expected()["weeks"]["2013-03-04"],
+        "week of 2013-03-04",
+    );
 
     // Impact: a change to one hour of weather reaches its day, that day's
     // cleaned flights and report, the week and the yearly ranking.
-    let impact = engine.impact("raw_weather", Some("2013-03-05T08:00")).unwrap();
+    let impact = engine
+        .impact("raw_weather", Some("2013-03-05T08:00"))
+        .unwrap();
     let names: Vec<String> = impact
         .iter()
-        .map(|e| format!("{}{:?}", e.asset, e.partitions.iter().map(|p| p.as_str()).collect::<Vec<_>>()))
+        .map(|e| {
+            format!(
+                "{}{:?}",
+                e.asset,
+                e.partitions.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+            )
+        })
         .collect();
     assert_eq!(
         names,

@@ -48,7 +48,11 @@ pub fn main(defs: Result<Definitions, DefinitionErrors>) -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+            return ExitCode::from(if err.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_OK
+            });
         }
     };
     ExitCode::from(run(defs, cli))
@@ -64,7 +68,10 @@ pub fn run(defs: Result<Definitions, DefinitionErrors>, cli: Cli) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -90,8 +97,15 @@ struct Failure {
 
 impl From<EngineError> for Failure {
     fn from(err: EngineError) -> Self {
-        let code = if err.is_user_error() { EXIT_USAGE } else { EXIT_FAILED };
-        Failure { message: err.to_string(), code }
+        let code = if err.is_user_error() {
+            EXIT_USAGE
+        } else {
+            EXIT_FAILED
+        };
+        Failure {
+            message: err.to_string(),
+            code,
+        }
     }
 }
 
@@ -103,12 +117,18 @@ impl From<flowstone_core::StoreError> for Failure {
             }
             _ => EXIT_FAILED,
         };
-        Failure { message: err.to_string(), code }
+        Failure {
+            message: err.to_string(),
+            code,
+        }
     }
 }
 
 fn usage(message: impl Into<String>) -> Failure {
-    Failure { message: message.into(), code: EXIT_USAGE }
+    Failure {
+        message: message.into(),
+        code: EXIT_USAGE,
+    }
 }
 
 async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
@@ -119,15 +139,20 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
     }
 
     let opened = crate::open_store(cli.store.as_deref(), cli.storage.as_deref()).await?;
-    let mut engine = Engine::new(defs, opened.store.clone())
-        .with_default_io(Arc::new(flowstone_core::FileIoManager::new(&opened.storage)));
+    let mut engine = Engine::new(defs, opened.store.clone()).with_default_io(Arc::new(
+        flowstone_core::FileIoManager::new(&opened.storage),
+    ));
     if let Some(user) = &cli.as_user {
         if user.trim().is_empty() {
             return Err(usage("--as needs a non-empty user name"));
         }
         engine = engine.with_user(user.trim());
     }
-    let ctx = Ctx { engine, printer, store_location: opened.describe };
+    let ctx = Ctx {
+        engine,
+        printer,
+        store_location: opened.describe,
+    };
 
     match cli.command {
         Command::Assets => unreachable!("handled above"),
@@ -138,12 +163,17 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
                 Some(asset) => {
                     let status = ctx.engine.status(&asset).await?;
                     let def = ctx.engine.definitions().lookup(&asset).map_err(usage)?;
-                    ctx.printer.status(&status, def.partitions.as_ref(), args.all);
+                    ctx.printer
+                        .status(&status, def.partitions.as_ref(), args.all);
                 }
                 None => {
                     let mut all = Vec::new();
-                    let keys: Vec<AssetKey> =
-                        ctx.engine.definitions().assets().map(|a| a.key.clone()).collect();
+                    let keys: Vec<AssetKey> = ctx
+                        .engine
+                        .definitions()
+                        .assets()
+                        .map(|a| a.key.clone())
+                        .collect();
                     for key in keys {
                         all.push(ctx.engine.status(key.as_str()).await?);
                     }
@@ -157,8 +187,10 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
                 LineageDirection::Upstream => Direction::Upstream,
                 LineageDirection::Downstream => Direction::Downstream,
             };
-            let lineage =
-                ctx.engine.lineage(&args.asset, args.partition.as_deref(), direction).await?;
+            let lineage = ctx
+                .engine
+                .lineage(&args.asset, args.partition.as_deref(), direction)
+                .await?;
             ctx.printer.lineage(&lineage);
             Ok(EXIT_OK)
         }
@@ -175,7 +207,12 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
         }
         Command::Runs(RunsCommand::Show { run }) => {
             let id = ctx.find_run(&run).await?;
-            let record = ctx.engine.store().run(id).await?.ok_or(EngineError::RunNotFound(id))?;
+            let record = ctx
+                .engine
+                .store()
+                .run(id)
+                .await?
+                .ok_or(EngineError::RunNotFound(id))?;
             let steps = ctx.engine.store().steps(id).await?;
             ctx.printer.run(&record, &steps);
             Ok(EXIT_OK)
@@ -200,7 +237,10 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
             Ok(EXIT_OK)
         }
         Command::Show(args) => {
-            let (record, value) = ctx.engine.value(&args.asset, args.partition.as_deref()).await?;
+            let (record, value) = ctx
+                .engine
+                .value(&args.asset, args.partition.as_deref())
+                .await?;
             ctx.printer.value(&record, &value);
             Ok(EXIT_OK)
         }
@@ -251,15 +291,15 @@ impl Ctx {
             Launch::Started { run, plan, handle } => {
                 self.printer.run_started(&run, &plan);
                 let total = run.steps.total();
-                let outcome =
-                    progress::watch(handle, total, self.show_progress(run_args)).await?;
+                let outcome = progress::watch(handle, total, self.show_progress(run_args)).await?;
                 Ok(self.finish(&outcome, plan.already_materialized))
             }
         }
     }
 
     fn finish(&self, outcome: &RunOutcome, already_materialized: u64) -> u8 {
-        self.printer.run_finished(outcome, already_materialized, &self.store_location);
+        self.printer
+            .run_finished(outcome, already_materialized, &self.store_location);
         match outcome.run.state {
             RunState::Succeeded => EXIT_OK,
             RunState::Interrupted | RunState::Running => {
@@ -279,7 +319,10 @@ impl Ctx {
 
     fn asset_keys(&self, names: &[String]) -> Result<Vec<AssetKey>, Failure> {
         let defs = self.engine.definitions();
-        names.iter().map(|n| defs.lookup(n).map(|d| d.key.clone()).map_err(usage)).collect()
+        names
+            .iter()
+            .map(|n| defs.lookup(n).map(|d| d.key.clone()).map_err(usage))
+            .collect()
     }
 
     /// A run id, or a unique prefix of one among recent runs.
@@ -302,7 +345,9 @@ impl Ctx {
             .collect();
         match matches.as_slice() {
             [one] => Ok(*one),
-            [] => Err(usage(format!("no run id starts with {text:?}; `runs list` shows the runs"))),
+            [] => Err(usage(format!(
+                "no run id starts with {text:?}; `runs list` shows the runs"
+            ))),
             _ => Err(usage(format!(
                 "{} runs start with {text:?}; give more of the id",
                 matches.len()
@@ -312,7 +357,8 @@ impl Ctx {
 }
 
 fn parallelism(args: &RunArgs) -> usize {
-    args.max_parallel.map_or_else(flowstone_core::default_parallelism, usize::from)
+    args.max_parallel
+        .map_or_else(flowstone_core::default_parallelism, usize::from)
 }
 
 fn init_tracing(verbose: u8) {

@@ -68,7 +68,10 @@ impl Printer {
                 .deps
                 .iter()
                 .map(|d| {
-                    let mapping = defs.mapping(a, &d.key).map(|m| m.describe()).unwrap_or_default();
+                    let mapping = defs
+                        .mapping(a, &d.key)
+                        .map(|m| m.describe())
+                        .unwrap_or_default();
                     if mapping.is_empty() || mapping == "identity" {
                         d.key.to_string()
                     } else {
@@ -78,8 +81,14 @@ impl Printer {
                 .collect();
             rows.push(vec![
                 a.key.to_string(),
-                a.partitions.as_ref().map_or("-".to_owned(), |p| p.describe()),
-                if deps.is_empty() { "-".to_owned() } else { deps.join(", ") },
+                a.partitions
+                    .as_ref()
+                    .map_or("-".to_owned(), |p| p.describe()),
+                if deps.is_empty() {
+                    "-".to_owned()
+                } else {
+                    deps.join(", ")
+                },
                 a.code_version.clone(),
             ]);
         }
@@ -104,10 +113,17 @@ impl Printer {
         }
         let mut notes = String::new();
         if plan.already_materialized > 0 {
-            let _ = write!(notes, ", {} already materialized", plan.already_materialized);
+            let _ = write!(
+                notes,
+                ", {} already materialized",
+                plan.already_materialized
+            );
         }
         let steps = run.steps.total();
-        eprintln!("run {} started: {} ({steps} steps{notes})", run.id, run.description);
+        eprintln!(
+            "run {} started: {} ({steps} steps{notes})",
+            run.id, run.description
+        );
         if plan.left_out > 0 {
             eprintln!(
                 "left out {} asset partitions whose upstream is not materialized (e.g. {}); \
@@ -156,22 +172,36 @@ impl Printer {
             return;
         }
         let c = &status.counts;
-        println!("{}  ({})", status.asset, status.partitions_def.as_deref().unwrap_or("unpartitioned"));
+        println!(
+            "{}  ({})",
+            status.asset,
+            status.partitions_def.as_deref().unwrap_or("unpartitioned")
+        );
         println!(
             "  materialized {}  stale {}  failed {}  missing {}  total {}",
             c.materialized, c.stale, c.failed, c.missing, c.total
         );
-        let mut rows = vec![vec!["PARTITION".into(), "STATE".into(), "SINCE".into(), "WHY".into()]];
+        let mut rows = vec![vec![
+            "PARTITION".into(),
+            "STATE".into(),
+            "SINCE".into(),
+            "WHY".into(),
+        ]];
         let mut known = std::collections::HashMap::new();
         for p in &status.partitions {
             known.insert(p.partition.as_ref().map(|k| k.as_str().to_owned()), p);
         }
         let now = Timestamp::now();
         let listed: Vec<Option<String>> = match def {
-            Some(def) if def.len(now) <= 20_000 => {
-                def.keys(0..def.len(now), now).map(|k| Some(k.as_str().to_owned())).collect()
-            }
-            Some(_) => status.partitions.iter().map(|p| p.partition.as_ref().map(|k| k.as_str().to_owned())).collect(),
+            Some(def) if def.len(now) <= 20_000 => def
+                .keys(0..def.len(now), now)
+                .map(|k| Some(k.as_str().to_owned()))
+                .collect(),
+            Some(_) => status
+                .partitions
+                .iter()
+                .map(|p| p.partition.as_ref().map(|k| k.as_str().to_owned()))
+                .collect(),
             None => vec![None],
         };
         let mut hidden = 0;
@@ -189,7 +219,10 @@ impl Printer {
             rows.push(vec![
                 key.unwrap_or_else(|| "-".into()),
                 state.name().to_owned(),
-                entry.and_then(|p| p.materialized_at).map(short_time).unwrap_or_default(),
+                entry
+                    .and_then(|p| p.materialized_at)
+                    .map(short_time)
+                    .unwrap_or_default(),
                 why,
             ]);
         }
@@ -206,9 +239,18 @@ impl Printer {
             self.emit(&all);
             return;
         }
-        let mut rows = vec![["ASSET", "PARTITIONS", "MATERIALIZED", "STALE", "FAILED", "MISSING"]
+        let mut rows = vec![
+            [
+                "ASSET",
+                "PARTITIONS",
+                "MATERIALIZED",
+                "STALE",
+                "FAILED",
+                "MISSING",
+            ]
             .map(String::from)
-            .to_vec()];
+            .to_vec(),
+        ];
         for s in all {
             let c = &s.counts;
             rows.push(vec![
@@ -233,14 +275,25 @@ impl Printer {
             flowstone_core::Direction::Upstream => "was made from",
             flowstone_core::Direction::Downstream => "was read by",
         };
-        println!("{} (materialization #{}, run {}) {verb}:", root.target, root.id, root.run_id);
+        println!(
+            "{} (materialization #{}, run {}) {verb}:",
+            root.target, root.id, root.run_id
+        );
         if lineage.nodes.is_empty() {
             println!("  nothing");
             return;
         }
-        let mut rows = vec![["DEPTH", "ASSET PARTITION", "MATERIALIZATION", "AT", "DATA VERSION"]
+        let mut rows = vec![
+            [
+                "DEPTH",
+                "ASSET PARTITION",
+                "MATERIALIZATION",
+                "AT",
+                "DATA VERSION",
+            ]
             .map(String::from)
-            .to_vec()];
+            .to_vec(),
+        ];
         for (depth, m) in &lineage.nodes {
             rows.push(vec![
                 depth.to_string(),
@@ -270,7 +323,10 @@ impl Printer {
                 [one] => format!(" [{one}]"),
                 many if many.len() <= 6 => format!(
                     " [{}]",
-                    many.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 many => format!(
                     " [{} partitions: {} .. {}]",
@@ -292,9 +348,11 @@ impl Printer {
             println!("no runs yet");
             return;
         }
-        let mut rows = vec![["RUN", "STATE", "STARTED", "BY", "STEPS", "FAILED", "WHAT"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows = vec![
+            ["RUN", "STATE", "STARTED", "BY", "STEPS", "FAILED", "WHAT"]
+                .map(String::from)
+                .to_vec(),
+        ];
         for r in runs {
             rows.push(vec![
                 r.id.to_string(),
@@ -317,7 +375,12 @@ impl Printer {
         let c = &run.steps;
         println!("run {} {}", run.id, run.state);
         println!("  {}", run.description);
-        println!("  started {} by {} ({})", short_time(run.created_at), run.user, run.trigger);
+        println!(
+            "  started {} by {} ({})",
+            short_time(run.created_at),
+            run.user,
+            run.trigger
+        );
         if let Some(at) = run.finished_at {
             println!("  finished {}", short_time(at));
         }
@@ -332,8 +395,11 @@ impl Printer {
         );
         let problems: Vec<&StepRecord> = steps.iter().filter(|s| s.error.is_some()).collect();
         if !problems.is_empty() {
-            let mut rows =
-                vec![["STEP", "ASSET PARTITION", "STATE", "ATTEMPT", "ERROR"].map(String::from).to_vec()];
+            let mut rows = vec![
+                ["STEP", "ASSET PARTITION", "STATE", "ATTEMPT", "ERROR"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
             for s in problems.iter().take(50) {
                 rows.push(vec![
                     s.id.to_string(),
@@ -367,7 +433,13 @@ impl Printer {
         }
         for e in events {
             let step = e.step_id.map(|s| format!(" step {s}")).unwrap_or_default();
-            println!("{} {:5} {}{step}: {}", short_time(e.at), e.level, e.kind, e.message);
+            println!(
+                "{} {:5} {}{step}: {}",
+                short_time(e.at),
+                e.level,
+                e.kind,
+                e.message
+            );
         }
     }
 
