@@ -105,6 +105,21 @@ impl Store for TimedStore {
             .await
     }
 
+    async fn complete_and_claim(
+        &self,
+        batch: Vec<Completion>,
+        next: ClaimRequest,
+    ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
+        let n = batch.len() as u64;
+        let work = self.inner.complete_and_claim(batch, next);
+        self.timed(
+            "complete_and_claim",
+            |(_, claimed): &(_, Vec<_>)| n + claimed.len() as u64,
+            work,
+        )
+        .await
+    }
+
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>> {
         let n = batch.len() as u64;
         self.timed("fail", |_| n, self.inner.fail(batch)).await

@@ -94,6 +94,9 @@ pub const CASES: &[Case] = &[
     ("heartbeat_and_workers", |s| {
         Box::pin(heartbeat_and_workers(s))
     }),
+    ("complete_and_claim_takes_what_it_released", |s| {
+        Box::pin(complete_and_claim_takes_what_it_released(s))
+    }),
 ];
 
 /// Runs every case, each against a fresh store from `factory`.
@@ -1424,6 +1427,77 @@ impl<T> Must<T> for Result<T, StoreError> {
 }
 
 /// The current time at the stores' resolution (microseconds).
+/// [`Store::complete_and_claim`] records the completions (fenced as
+/// [`Store::complete`] is) and then claims, seeing the steps it just released.
+pub async fn complete_and_claim_takes_what_it_released(store: Arc<dyn Store>) {
+    let run = RunPlan::new()
+        .step("a", None, &[])
+        .step("b", None, &[0])
+        .step("c", None, &[0])
+        .step("d", None, &[1, 2])
+        .create(&*store)
+        .await;
+    let w = worker("w1");
+    let a = claim(&*store, &w, Some(run.id), 10).await;
+    assert_eq!(assets(&a), ["a"]);
+
+    let next = |limit| ClaimRequest {
+        worker: w.clone(),
+        run: Some(run.id),
+        limit,
+        now: now(),
+        lease: SignedDuration::from_secs(60),
+    };
+    let batch = vec![completion_of(&a[0], &w, vec![])];
+    let (outcomes, claimed) = store
+        .complete_and_claim(batch, next(1))
+        .await
+        .must("complete");
+    assert!(
+        matches!(outcomes[..], [Outcome::Recorded(Some(_))]),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        assets(&claimed),
+        ["b"],
+        "the limit holds; b is released and claimed"
+    );
+    let b = claimed[0].clone();
+    assert_eq!(
+        run.state_of(&*store, "c").await,
+        StepState::Available,
+        "c is left"
+    );
+
+    // A zombie completion of a records nothing; a limit of 0 claims nothing.
+    let zombie = vec![completion_of(&a[0], &w, vec![])];
+    let (outcomes, claimed) = store
+        .complete_and_claim(zombie, next(0))
+        .await
+        .must("zombie");
+    assert_eq!(outcomes, [Outcome::Fenced]);
+    assert!(claimed.is_empty(), "a limit of 0 claims nothing");
+
+    let c = claim(&*store, &w, Some(run.id), 10).await;
+    assert_eq!(assets(&c), ["c"]);
+    let batch = vec![completion_of(&c[0], &w, vec![])];
+    let (_, claimed) = store
+        .complete_and_claim(batch, next(10))
+        .await
+        .must("complete c");
+    assert!(claimed.is_empty(), "d still waits for b");
+    let batch = vec![completion_of(&b, &w, vec![])];
+    let (_, claimed) = store
+        .complete_and_claim(batch, next(10))
+        .await
+        .must("complete b");
+    assert_eq!(
+        assets(&claimed),
+        ["d"],
+        "completing b releases d, claimed in the same call"
+    );
+}
+
 fn now() -> Timestamp {
     let us = Timestamp::now().as_microsecond();
     Timestamp::from_microsecond(us).expect("now is a valid timestamp")

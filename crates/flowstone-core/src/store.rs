@@ -487,6 +487,23 @@ pub trait Store: Send + Sync + 'static {
     /// Records completions; see the module guarantees.
     async fn complete(&self, batch: Vec<Completion>) -> StoreResult<Vec<Outcome>>;
 
+    /// Records completions, then claims the next steps, as [`Store::complete`]
+    /// followed by [`Store::claim`]; a backend may do both in one transaction
+    /// (the worker loop calls this after every batch). `next.limit` may be 0.
+    async fn complete_and_claim(
+        &self,
+        batch: Vec<Completion>,
+        next: ClaimRequest,
+    ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
+        let outcomes = self.complete(batch).await?;
+        let claimed = if next.limit == 0 {
+            Vec::new()
+        } else {
+            self.claim(next).await?
+        };
+        Ok((outcomes, claimed))
+    }
+
     /// Records failures; see the module guarantees.
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>>;
 

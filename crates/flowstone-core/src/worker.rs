@@ -191,28 +191,19 @@ async fn claim_work_commit(
         progress.send_replace(seen.clone());
     }
 
+    // Whether the last commit already claimed for the free slots.
+    let mut claimed_with_commit = false;
     loop {
         let signal = *stop.borrow();
 
-        // Claim: fill the free slots.
-        if signal == Stop::No && running.len() < max_parallel {
+        // Claim: fill the free slots (unless the commit just did).
+        if signal == Stop::No && running.len() < max_parallel && !claimed_with_commit {
             let claimed = store
-                .claim(ClaimRequest {
-                    worker: shared.worker.clone(),
-                    run: opts.run,
-                    limit: (max_parallel - running.len()) as u32,
-                    now: Timestamp::now(),
-                    lease: opts.lease,
-                })
+                .claim(claim_request(shared, opts, running.len()))
                 .await?;
-            let upstream = resolve_upstream(shared, &claimed).await;
-            for (step, upstream) in claimed.into_iter().zip(upstream) {
-                let started = Timestamp::now();
-                let task = execute(shared.clone(), step.clone(), upstream, started);
-                let handle = tasks.spawn(task);
-                running.insert(handle.id(), (step, started));
-            }
+            spawn_claimed(shared, claimed, &mut tasks, &mut running).await;
         }
+        claimed_with_commit = false;
 
         // Nothing running: finished, stopped, or waiting for work.
         if running.is_empty() {
@@ -286,16 +277,26 @@ async fn claim_work_commit(
                 Finished::Done(_) => None,
             })
             .collect();
+        // Failures first, so the steps they skip are never claimed below.
+        if !failed.is_empty() {
+            seen.failed += failed.iter().filter(|f| f.retry_at.is_none()).count() as u64;
+            store.fail(failed).await?;
+        }
         if !done.is_empty() {
-            let outcomes = store.complete(done).await?;
+            // Completions and the next claim share one store call (one
+            // transaction on SQLite): downstream steps they release are
+            // claimed at once.
+            let mut next = claim_request(shared, opts, running.len());
+            if *stop.borrow() != Stop::No {
+                next.limit = 0;
+            }
+            let (outcomes, claimed) = store.complete_and_claim(done, next).await?;
             seen.recorded += outcomes
                 .iter()
                 .filter(|o| matches!(o, crate::store::Outcome::Recorded(_)))
                 .count() as u64;
-        }
-        if !failed.is_empty() {
-            seen.failed += failed.iter().filter(|f| f.retry_at.is_none()).count() as u64;
-            store.fail(failed).await?;
+            claimed_with_commit = !claimed.is_empty();
+            spawn_claimed(shared, claimed, &mut tasks, &mut running).await;
         }
 
         // Progress, at most every 100 ms.
@@ -306,6 +307,36 @@ async fn claim_work_commit(
             last_counts = std::time::Instant::now();
         }
         progress.send_replace(seen.clone());
+    }
+}
+
+/// A claim for the slots `running` leaves free.
+fn claim_request(shared: &Shared, opts: &WorkerOptions, running: usize) -> ClaimRequest {
+    ClaimRequest {
+        worker: shared.worker.clone(),
+        run: opts.run,
+        limit: opts.max_parallel.max(1).saturating_sub(running) as u32,
+        now: Timestamp::now(),
+        lease: opts.lease,
+    }
+}
+
+/// Starts a task for each claimed step, its upstream looked up for all at once.
+async fn spawn_claimed(
+    shared: &Arc<Shared>,
+    claimed: Vec<ClaimedStep>,
+    tasks: &mut JoinSet<Finished>,
+    running: &mut HashMap<tokio::task::Id, (ClaimedStep, Timestamp)>,
+) {
+    if claimed.is_empty() {
+        return;
+    }
+    let upstream = resolve_upstream(shared, &claimed).await;
+    for (step, upstream) in claimed.into_iter().zip(upstream) {
+        let started = Timestamp::now();
+        let task = execute(shared.clone(), step.clone(), upstream, started);
+        let handle = tasks.spawn(task);
+        running.insert(handle.id(), (step, started));
     }
 }
 

@@ -255,6 +255,14 @@ impl Store for SqliteStore {
         self.write_complete(batch).await
     }
 
+    async fn complete_and_claim(
+        &self,
+        batch: Vec<Completion>,
+        next: ClaimRequest,
+    ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
+        self.write_complete_and_claim(batch, next).await
+    }
+
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>> {
         self.write_fail(batch).await
     }

@@ -276,175 +276,38 @@ impl SqliteStore {
         }
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
-
-        // Claim: one statement picks the ready steps in order, takes them and
-        // reads their runs' trigger and user.
-        let query = match req.run {
-            Some(_) => sqlx::query(CLAIM_RUN),
-            None => sqlx::query(CLAIM_ANY),
-        };
-        let mut query = query
-            .bind(req.worker.0.clone())
-            .bind(micros(req.now))
-            .bind(codec::micros_after(req.now, req.lease))
-            .bind(i64::from(req.limit));
-        if let Some(run) = req.run {
-            query = query.bind(run.to_string());
-        }
-        let rows = query.fetch_all(&mut *tx).await.db()?;
+        let claimed = claim_in(&mut tx, &req).await?;
         tx.commit().await.db()?;
+        Ok(claimed)
+    }
 
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let run: String = row.try_get("run_id").db()?;
-            let trigger: Option<String> = row.try_get("triggered_by").db()?;
-            let trigger = trigger.ok_or_else(|| {
-                StoreError::Corrupt(format!("a step of run {run}, which has no runs row"))
-            })?;
-            let order: (i64, i64, i64) = (
-                row.try_get("priority").db()?,
-                row.try_get("scheduled_at").db()?,
-                row.try_get("id").db()?,
-            );
-            let step = ClaimedStep {
-                id: StepId(order.2),
-                run_id: codec::run_id("steps.run_id", &run)?,
-                target: codec::target(&row)?,
-                attempt: codec::count("steps.attempt", row.try_get("attempt").db()?)?,
-                max_attempts: codec::count(
-                    "steps.max_attempts",
-                    row.try_get("max_attempts").db()?,
-                )?,
-                trigger: trigger.parse()?,
-                user: row
-                    .try_get::<Option<String>, _>("user_name")
-                    .db()?
-                    .unwrap_or_default(),
-            };
-            claimed.push((order, step));
-        }
-
-        // RETURNING gives no order; hand the steps out in claim order.
-        claimed.sort_by_key(|((priority, at, id), _)| (-priority, *at, *id));
-        Ok(claimed.into_iter().map(|(_, step)| step).collect())
+    pub(crate) async fn write_complete_and_claim(
+        &self,
+        batch: Vec<Completion>,
+        next: ClaimRequest,
+    ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
+        let outcomes = complete_in(&mut tx, &batch).await?;
+        let claimed = if next.limit == 0 {
+            Vec::new()
+        } else {
+            claim_in(&mut tx, &next).await?
+        };
+        tx.commit().await.db()?;
+        log_fenced("complete", &batch, &outcomes, |c| {
+            (c.step, c.attempt, &c.worker)
+        });
+        Ok((outcomes, claimed))
     }
 
     pub(crate) async fn write_complete(&self, batch: Vec<Completion>) -> StoreResult<Vec<Outcome>> {
-        let mut outcomes = vec![Outcome::Fenced; batch.len()];
         if batch.is_empty() {
-            return Ok(outcomes);
+            return Ok(Vec::new());
         }
-        // The same claim named twice in one batch completes once: the first
-        // item wins, the repeat is fenced as it would be in a later batch.
-        let firsts = first_per_claim(batch.iter().map(|c| (c.step, c.attempt, &c.worker)));
-
-        let fence: Vec<serde_json::Value> = firsts
-            .iter()
-            .map(|&i| {
-                let c = &batch[i];
-                json!([
-                    c.step.0,
-                    c.attempt,
-                    c.worker.0,
-                    micros(c.materialization.finished_at)
-                ])
-            })
-            .collect();
-
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
-
-        // Fence: only steps still running under this attempt and worker move.
-        let rows = sqlx::query(FENCE_COMPLETE)
-            .bind(serde_json::Value::Array(fence).to_string())
-            .fetch_all(&mut *tx)
-            .await
-            .db()?;
-        let moved = rows
-            .iter()
-            .map(claim_of)
-            .collect::<StoreResult<HashSet<_>>>()?;
-        let recorded: Vec<usize> = firsts
-            .into_iter()
-            .filter(|&i| {
-                let c = &batch[i];
-                moved.contains(&(c.step.0, i64::from(c.attempt), c.worker.0.clone()))
-            })
-            .collect();
-        if recorded.is_empty() {
-            tx.commit().await.db()?;
-            log_fenced("complete", &batch, &outcomes, |c| {
-                (c.step, c.attempt, &c.worker)
-            });
-            return Ok(outcomes);
-        }
-
-        // Record: the materializations, then what needs their ids.
-        let materializations: Vec<serde_json::Value> = recorded
-            .iter()
-            .map(|&i| {
-                let c = &batch[i];
-                let m = &c.materialization;
-                json!([
-                    c.step.0,
-                    m.target.asset.as_str(),
-                    m.target.partition.as_ref().map(|p| p.as_str()),
-                    m.run_id.to_string(),
-                    c.attempt,
-                    micros(m.started_at),
-                    micros(m.finished_at),
-                    m.trigger.as_str(),
-                    m.user,
-                    m.code_version,
-                    m.data_version,
-                    m.metadata,
-                    m.location,
-                    m.io_manager,
-                ])
-            })
-            .collect();
-        let ids: HashMap<i64, i64> = sqlx::query(INSERT_MATERIALIZATIONS)
-            .bind(serde_json::Value::Array(materializations).to_string())
-            .fetch_all(&mut *tx)
-            .await
-            .db()?
-            .into_iter()
-            .map(|row| Ok((row.try_get("step_id").db()?, row.try_get("id").db()?)))
-            .collect::<StoreResult<_>>()?;
-
-        let mut lineage = Vec::new();
-        let mut events = Vec::new();
-        for &i in &recorded {
-            let c = &batch[i];
-            let id = *ids.get(&c.step.0).ok_or_else(|| {
-                StoreError::Corrupt(format!("no materialization came back for step {}", c.step))
-            })?;
-            outcomes[i] = Outcome::Recorded(Some(MaterializationId(id)));
-            lineage.extend(c.inputs.iter().map(|input| json!([id, input.0])));
-            events.extend(c.events.iter().map(codec::event_json));
-            events.push(codec::event_json(&materialized_event(c, id)));
-        }
-        if !lineage.is_empty() {
-            sqlx::query(INSERT_LINEAGE)
-                .bind(serde_json::Value::Array(lineage).to_string())
-                .execute(&mut *tx)
-                .await
-                .db()?;
-        }
-        sqlx::query(codec::INSERT_EVENTS)
-            .bind(serde_json::Value::Array(events).to_string())
-            .execute(&mut *tx)
-            .await
-            .db()?;
-
-        // Release: downstream steps count these completions.
-        let done: Vec<i64> = recorded.iter().map(|&i| batch[i].step.0).collect();
-        sqlx::query(RELEASE_DOWNSTREAM)
-            .bind(serde_json::to_string(&done).unwrap_or_default())
-            .execute(&mut *tx)
-            .await
-            .db()?;
-
+        let outcomes = complete_in(&mut tx, &batch).await?;
         tx.commit().await.db()?;
         log_fenced("complete", &batch, &outcomes, |c| {
             (c.step, c.attempt, &c.worker)
@@ -808,4 +671,173 @@ async fn ensure_run_exists(conn: &mut SqliteConnection, run: RunId) -> StoreResu
         Some(_) => Ok(()),
         None => Err(StoreError::NotFound(format!("no run {run} in the store"))),
     }
+}
+
+/// Claims inside the caller's transaction: one statement picks the ready
+/// steps in order, takes them and reads their runs' trigger and user.
+async fn claim_in(
+    conn: &mut SqliteConnection,
+    req: &ClaimRequest,
+) -> StoreResult<Vec<ClaimedStep>> {
+    let query = match req.run {
+        Some(_) => sqlx::query(CLAIM_RUN),
+        None => sqlx::query(CLAIM_ANY),
+    };
+    let mut query = query
+        .bind(req.worker.0.clone())
+        .bind(micros(req.now))
+        .bind(codec::micros_after(req.now, req.lease))
+        .bind(i64::from(req.limit));
+    if let Some(run) = req.run {
+        query = query.bind(run.to_string());
+    }
+    let rows = query.fetch_all(&mut *conn).await.db()?;
+
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let run: String = row.try_get("run_id").db()?;
+        let trigger: Option<String> = row.try_get("triggered_by").db()?;
+        let trigger = trigger.ok_or_else(|| {
+            StoreError::Corrupt(format!("a step of run {run}, which has no runs row"))
+        })?;
+        let order: (i64, i64, i64) = (
+            row.try_get("priority").db()?,
+            row.try_get("scheduled_at").db()?,
+            row.try_get("id").db()?,
+        );
+        let step = ClaimedStep {
+            id: StepId(order.2),
+            run_id: codec::run_id("steps.run_id", &run)?,
+            target: codec::target(&row)?,
+            attempt: codec::count("steps.attempt", row.try_get("attempt").db()?)?,
+            max_attempts: codec::count("steps.max_attempts", row.try_get("max_attempts").db()?)?,
+            trigger: trigger.parse()?,
+            user: row
+                .try_get::<Option<String>, _>("user_name")
+                .db()?
+                .unwrap_or_default(),
+        };
+        claimed.push((order, step));
+    }
+
+    // RETURNING gives no order; hand the steps out in claim order.
+    claimed.sort_by_key(|((priority, at, id), _)| (-priority, *at, *id));
+    Ok(claimed.into_iter().map(|(_, step)| step).collect())
+}
+
+/// Records completions inside the caller's transaction; see
+/// [`Store::complete`](flowstone_core::Store::complete).
+async fn complete_in(
+    conn: &mut SqliteConnection,
+    batch: &[Completion],
+) -> StoreResult<Vec<Outcome>> {
+    let mut outcomes = vec![Outcome::Fenced; batch.len()];
+    if batch.is_empty() {
+        return Ok(outcomes);
+    }
+    // The same claim named twice in one batch completes once: the first
+    // item wins, the repeat is fenced as it would be in a later batch.
+    let firsts = first_per_claim(batch.iter().map(|c| (c.step, c.attempt, &c.worker)));
+
+    let fence: Vec<serde_json::Value> = firsts
+        .iter()
+        .map(|&i| {
+            let c = &batch[i];
+            json!([
+                c.step.0,
+                c.attempt,
+                c.worker.0,
+                micros(c.materialization.finished_at)
+            ])
+        })
+        .collect();
+
+    // Fence: only steps still running under this attempt and worker move.
+    let rows = sqlx::query(FENCE_COMPLETE)
+        .bind(serde_json::Value::Array(fence).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+    let moved = rows
+        .iter()
+        .map(claim_of)
+        .collect::<StoreResult<HashSet<_>>>()?;
+    let recorded: Vec<usize> = firsts
+        .into_iter()
+        .filter(|&i| {
+            let c = &batch[i];
+            moved.contains(&(c.step.0, i64::from(c.attempt), c.worker.0.clone()))
+        })
+        .collect();
+    if recorded.is_empty() {
+        return Ok(outcomes);
+    }
+
+    // Record: the materializations, then what needs their ids.
+    let materializations: Vec<serde_json::Value> = recorded
+        .iter()
+        .map(|&i| {
+            let c = &batch[i];
+            let m = &c.materialization;
+            json!([
+                c.step.0,
+                m.target.asset.as_str(),
+                m.target.partition.as_ref().map(|p| p.as_str()),
+                m.run_id.to_string(),
+                c.attempt,
+                micros(m.started_at),
+                micros(m.finished_at),
+                m.trigger.as_str(),
+                m.user,
+                m.code_version,
+                m.data_version,
+                m.metadata,
+                m.location,
+                m.io_manager,
+            ])
+        })
+        .collect();
+    let ids: HashMap<i64, i64> = sqlx::query(INSERT_MATERIALIZATIONS)
+        .bind(serde_json::Value::Array(materializations).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .db()?
+        .into_iter()
+        .map(|row| Ok((row.try_get("step_id").db()?, row.try_get("id").db()?)))
+        .collect::<StoreResult<_>>()?;
+
+    let mut lineage = Vec::new();
+    let mut events = Vec::new();
+    for &i in &recorded {
+        let c = &batch[i];
+        let id = *ids.get(&c.step.0).ok_or_else(|| {
+            StoreError::Corrupt(format!("no materialization came back for step {}", c.step))
+        })?;
+        outcomes[i] = Outcome::Recorded(Some(MaterializationId(id)));
+        lineage.extend(c.inputs.iter().map(|input| json!([id, input.0])));
+        events.extend(c.events.iter().map(codec::event_json));
+        events.push(codec::event_json(&materialized_event(c, id)));
+    }
+    if !lineage.is_empty() {
+        sqlx::query(INSERT_LINEAGE)
+            .bind(serde_json::Value::Array(lineage).to_string())
+            .execute(&mut *conn)
+            .await
+            .db()?;
+    }
+    sqlx::query(codec::INSERT_EVENTS)
+        .bind(serde_json::Value::Array(events).to_string())
+        .execute(&mut *conn)
+        .await
+        .db()?;
+
+    // Release: downstream steps count these completions.
+    let done: Vec<i64> = recorded.iter().map(|&i| batch[i].step.0).collect();
+    sqlx::query(RELEASE_DOWNSTREAM)
+        .bind(serde_json::to_string(&done).unwrap_or_default())
+        .execute(&mut *conn)
+        .await
+        .db()?;
+
+    Ok(outcomes)
 }

@@ -55,6 +55,7 @@ cases!(
     step_counts_and_running_workers,
     release_returns_steps_to_queue,
     heartbeat_and_workers,
+    complete_and_claim_takes_what_it_released,
 );
 
 /// The whole suite through `run_all`, against in-memory stores.
