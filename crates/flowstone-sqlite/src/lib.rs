@@ -61,8 +61,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Read connections; WAL lets them all read while the writer writes.
-const READERS: u32 = 4;
+/// Read connections; WAL lets them all read while the writer writes. Two are
+/// enough for one worker loop (its reads are batched); each costs a thread and
+/// a page cache.
+const READERS: u32 = 2;
 
 /// FlowStone's store in one SQLite file.
 ///
