@@ -10,11 +10,13 @@
 //! not the one it consumed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use flowstone_partitions::UpstreamPartitions;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::asset::AssetDef;
 use crate::definitions::Definitions;
 use crate::engine::{Engine, EngineError};
 use crate::ids::{AssetKey, AssetPartition, MaterializationId, PartitionKey};
@@ -214,29 +216,86 @@ impl Engine {
     }
 
     /// Per-partition state of `asset`, with counts.
+    ///
+    /// Staleness follows the graph: a partition is stale when its code version
+    /// changed, when an input's latest materialization holds other data than
+    /// the one it consumed, or when an input partition is itself stale.
     pub async fn status(&self, asset: &str) -> Result<AssetStatus, EngineError> {
         let def = self
             .definitions()
             .lookup(asset)
-            .map_err(EngineError::Invalid)?
-            .clone();
+            .map_err(EngineError::Invalid)?;
+        let key = def.key.clone();
+
+        // The asset and everything upstream of it, upstream first.
+        let mut wanted: HashSet<AssetKey> = HashSet::from([key.clone()]);
+        let mut queue = vec![key.clone()];
+        while let Some(k) = queue.pop() {
+            for up in self.definitions().upstream_of(&k) {
+                if wanted.insert(up.key.clone()) {
+                    queue.push(up.key.clone());
+                }
+            }
+        }
+        let mut statuses = self.statuses_of(|k| wanted.contains(k)).await?;
+        Ok(statuses.remove(&key).expect("the asset itself is computed"))
+    }
+
+    /// The status of every asset, upstream first.
+    pub async fn statuses(&self) -> Result<Vec<AssetStatus>, EngineError> {
+        let mut statuses = self.statuses_of(|_| true).await?;
+        let order: Vec<AssetKey> = self.definitions().assets().map(|a| a.key.clone()).collect();
+        Ok(order.iter().filter_map(|k| statuses.remove(k)).collect())
+    }
+
+    /// Statuses of the assets `include` picks, which must be closed upstream.
+    async fn statuses_of(
+        &self,
+        include: impl Fn(&AssetKey) -> bool,
+    ) -> Result<HashMap<AssetKey, AssetStatus>, EngineError> {
+        let mut done: HashMap<AssetKey, AssetStatus> = HashMap::new();
+        let mut stale: HashSet<AssetPartition> = HashSet::new();
+        let assets: Vec<Arc<AssetDef>> = self
+            .definitions()
+            .assets()
+            .filter(|a| include(&a.key))
+            .cloned()
+            .collect();
+        for def in assets {
+            let status = self.direct_status(&def, &stale).await?;
+            for p in &status.partitions {
+                if matches!(p.state, PartitionState::Stale(_)) {
+                    stale.insert(AssetPartition::new(def.key.clone(), p.partition.clone()));
+                }
+            }
+            done.insert(def.key.clone(), status);
+        }
+        Ok(done)
+    }
+
+    /// The status of one asset, given which upstream partitions are stale.
+    async fn direct_status(
+        &self,
+        def: &AssetDef,
+        stale_upstream: &HashSet<AssetPartition>,
+    ) -> Result<AssetStatus, EngineError> {
         let defs = self.definitions();
         let store = self.store();
         let now = Timestamp::now();
         let records = store.partitions(&def.key).await?;
 
-        // What each latest materialization consumed.
+        // What each latest materialization consumed, with the data versions.
         let latest_ids: Vec<MaterializationId> = records
             .iter()
             .filter_map(|r| r.latest.as_ref().map(|m| m.id))
             .collect();
-        let mut consumed: HashMap<MaterializationId, HashSet<MaterializationId>> = HashMap::new();
+        let mut consumed: HashMap<MaterializationId, Vec<Version>> = HashMap::new();
         for chunk in latest_ids.chunks(500) {
-            for (edge, _) in store.inputs_of(chunk).await? {
+            for (edge, input) in store.inputs_of(chunk).await? {
                 consumed
                     .entry(edge.consumer)
                     .or_default()
-                    .insert(edge.input);
+                    .push(Version::of(&input));
             }
         }
 
@@ -244,15 +303,15 @@ impl Engine {
         let mut expected: HashMap<Option<PartitionKey>, Vec<AssetPartition>> = HashMap::new();
         let mut all_inputs: BTreeSet<AssetPartition> = BTreeSet::new();
         for record in records.iter().filter(|r| r.latest.is_some()) {
-            let inputs = upstream_targets(defs, &def, record.partition.as_ref(), now)?;
+            let inputs = upstream_targets(defs, def, record.partition.as_ref(), now)?;
             all_inputs.extend(inputs.iter().cloned());
             expected.insert(record.partition.clone(), inputs);
         }
         let all_inputs: Vec<AssetPartition> = all_inputs.into_iter().collect();
-        let mut current: HashMap<AssetPartition, MaterializationId> = HashMap::new();
+        let mut current: HashMap<AssetPartition, Version> = HashMap::new();
         for chunk in all_inputs.chunks(500) {
             for m in store.latest_materializations(chunk).await? {
-                current.insert(m.target, m.id);
+                current.insert(m.target.clone(), Version::of(&m));
             }
         }
 
@@ -270,8 +329,15 @@ impl Engine {
                         .get(&record.partition)
                         .map(Vec::as_slice)
                         .unwrap_or(&[]);
-                    let consumed = consumed.get(&latest.id);
-                    staleness(&def.code_version, latest, inputs, consumed, &current)
+                    let consumed = consumed.get(&latest.id).map(Vec::as_slice).unwrap_or(&[]);
+                    staleness(
+                        &def.code_version,
+                        latest,
+                        inputs,
+                        consumed,
+                        &current,
+                        stale_upstream,
+                    )
                 }
             };
             match &state {
@@ -307,12 +373,30 @@ impl Engine {
     }
 }
 
+/// A materialization as staleness sees it.
+struct Version {
+    id: MaterializationId,
+    target: AssetPartition,
+    data: String,
+}
+
+impl Version {
+    fn of(m: &MaterializationRecord) -> Self {
+        Version {
+            id: m.id,
+            target: m.target.clone(),
+            data: m.data_version.clone(),
+        }
+    }
+}
+
 fn staleness(
     code_version: &str,
     latest: &MaterializationRecord,
     inputs: &[AssetPartition],
-    consumed: Option<&HashSet<MaterializationId>>,
-    current: &HashMap<AssetPartition, MaterializationId>,
+    consumed: &[Version],
+    current: &HashMap<AssetPartition, Version>,
+    stale_upstream: &HashSet<AssetPartition>,
 ) -> PartitionState {
     if latest.code_version != code_version {
         return PartitionState::Stale(format!(
@@ -321,13 +405,27 @@ fn staleness(
         ));
     }
     for input in inputs {
-        let Some(now_id) = current.get(input) else {
+        if stale_upstream.contains(input) {
+            return PartitionState::Stale(format!("input {input} is stale"));
+        }
+        let Some(now) = current.get(input) else {
             continue;
         };
-        if !consumed.is_some_and(|c| c.contains(now_id)) {
-            return PartitionState::Stale(format!(
-                "input {input} has a newer materialization (#{now_id}) than the one consumed"
-            ));
+        let read = consumed.iter().find(|v| &v.target == input);
+        match read {
+            Some(read) if read.id == now.id || read.data == now.data => {}
+            Some(read) => {
+                return PartitionState::Stale(format!(
+                    "input {input} changed: read data version {} (#{}), latest is {} (#{})",
+                    read.data, read.id, now.data, now.id
+                ));
+            }
+            None => {
+                return PartitionState::Stale(format!(
+                    "input {input} was materialized (#{}) after this was",
+                    now.id
+                ));
+            }
         }
     }
     PartitionState::Materialized

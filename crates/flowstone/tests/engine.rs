@@ -295,26 +295,88 @@ async fn a_panicking_asset_fails_its_step_only() {
 
 #[tokio::test]
 async fn rematerializing_upstream_makes_downstream_stale_and_impact_says_so() {
-    let (engine, _) = engine(None).await;
+    // `source` returns new data on every call; `steady` always the same.
+    let calls = Arc::new(AtomicU32::new(0));
+    let defs = Definitions::builder()
+        .add_asset(
+            AssetBuilder::new("source")
+                .partitions(daily())
+                .compute(move |_ctx, _| {
+                    let calls = calls.clone();
+                    async move { Ok(calls.fetch_add(1, Ordering::SeqCst)) }
+                }),
+        )
+        .add_asset(
+            AssetBuilder::new("steady")
+                .partitions(daily())
+                .compute(|_, _| async { Ok(7u32) }),
+        )
+        .add_asset(
+            AssetBuilder::new("derived")
+                .partitions(daily())
+                .dep::<u32>("source")
+                .dep::<u32>("steady")
+                .compute(|_ctx, mut inputs| async move {
+                    let a: u32 = inputs.take::<u32, _>("source")?;
+                    let b: u32 = inputs.take::<u32, _>("steady")?;
+                    Ok(a + b)
+                }),
+        )
+        .add_asset(
+            AssetBuilder::new("weekly")
+                .partitions(weekly())
+                .dep::<u32>("derived")
+                .compute(|_ctx, mut inputs| async move {
+                    let days: Partitioned<u32> = inputs.take::<u32, _>("derived")?;
+                    Ok(days.values().sum::<u32>())
+                }),
+        )
+        .io_manager("default", MemoryIoManager::new())
+        .build()
+        .unwrap();
+    let engine = Engine::new(defs, Arc::new(SqliteStore::in_memory().await.unwrap()));
     engine.run(all()).await.unwrap().unwrap();
-    assert_eq!(engine.status("doubled").await.unwrap().counts.stale, 0);
+    for asset in ["derived", "weekly"] {
+        assert_eq!(
+            engine.status(asset).await.unwrap().counts.stale,
+            0,
+            "{asset}"
+        );
+    }
 
+    // The same data again: nothing downstream is stale.
     engine
-        .materialize("numbers", Some("2024-01-02"))
+        .materialize("steady", Some("2024-01-02"))
         .await
         .unwrap();
-    let status = engine.status("doubled").await.unwrap();
-    assert_eq!(status.counts.stale, 1, "{:?}", status.partitions);
-    let stale = status
+    assert_eq!(engine.status("derived").await.unwrap().counts.stale, 0);
+
+    // New data: the day that read it is stale, and so is the week that read that day.
+    engine
+        .materialize("source", Some("2024-01-02"))
+        .await
+        .unwrap();
+    let derived = engine.status("derived").await.unwrap();
+    assert_eq!(derived.counts.stale, 1, "{:?}", derived.partitions);
+    let stale = derived
         .partitions
         .iter()
         .find(|p| matches!(p.state, PartitionState::Stale(_)));
-    assert_eq!(
-        stale.unwrap().partition.as_ref().unwrap().as_str(),
-        "2024-01-02"
+    let stale = stale.unwrap();
+    assert_eq!(stale.partition.as_ref().unwrap().as_str(), "2024-01-02");
+    assert!(
+        matches!(&stale.state, PartitionState::Stale(why) if why.contains("source[2024-01-02] changed"))
     );
+    let weekly = engine.status("weekly").await.unwrap();
+    assert_eq!(weekly.counts.stale, 1, "{:?}", weekly.partitions);
+    assert!(matches!(&weekly.partitions[0].state,
+        PartitionState::Stale(why) if why.contains("derived[2024-01-02] is stale")));
+    let all = engine.statuses().await.unwrap();
+    let stale: Vec<u64> = all.iter().map(|s| s.counts.stale).collect();
+    assert_eq!(stale, [0, 0, 1, 1], "source, steady, derived, weekly");
 
-    let impact = engine.impact("numbers", Some("2024-01-02")).unwrap();
+    // Impact says the same, from the definitions.
+    let impact = engine.impact("source", Some("2024-01-02")).unwrap();
     let summary: Vec<(String, Vec<String>)> = impact
         .iter()
         .map(|e| {
@@ -327,10 +389,28 @@ async fn rematerializing_upstream_makes_downstream_stale_and_impact_says_so() {
     assert_eq!(
         summary,
         vec![
-            ("doubled".to_owned(), vec!["2024-01-02".to_owned()]),
-            ("weekly_sum".to_owned(), vec!["2024-01-01".to_owned()]),
+            ("derived".to_owned(), vec!["2024-01-02".to_owned()]),
+            ("weekly".to_owned(), vec!["2024-01-01".to_owned()]),
         ]
     );
+
+    // Refreshing the stale day makes the week stale only until it is refreshed too.
+    engine
+        .materialize("derived", Some("2024-01-02"))
+        .await
+        .unwrap();
+    assert_eq!(engine.status("derived").await.unwrap().counts.stale, 0);
+    assert_eq!(engine.status("weekly").await.unwrap().counts.stale, 1);
+    engine
+        .materialize("weekly", Some("2024-01-01"))
+        .await
+        .unwrap();
+    assert_eq!(engine.status("weekly").await.unwrap().counts.stale, 0);
+}
+
+#[tokio::test]
+async fn impact_of_an_unpartitioned_asset_reaches_every_partition() {
+    let (engine, _) = engine(None).await;
     let config_impact = engine.impact("config", None).unwrap();
     assert_eq!(config_impact[0].partitions.len(), 10);
 }

@@ -167,16 +167,7 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
                         .status(&status, def.partitions.as_ref(), args.all);
                 }
                 None => {
-                    let mut all = Vec::new();
-                    let keys: Vec<AssetKey> = ctx
-                        .engine
-                        .definitions()
-                        .assets()
-                        .map(|a| a.key.clone())
-                        .collect();
-                    for key in keys {
-                        all.push(ctx.engine.status(key.as_str()).await?);
-                    }
+                    let all = ctx.engine.statuses().await?;
                     ctx.printer.status_summary(&all);
                 }
             }
