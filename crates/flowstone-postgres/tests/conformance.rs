@@ -1,0 +1,65 @@
+//! The store conformance suite against PostgreSQL: one test per case, each on
+//! a database of its own, created for the test and dropped after it.
+//!
+//! The server is `FLOWSTONE_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). Without a reachable server
+//! each test prints `skipping: ...` and passes, unless `CI` is set.
+
+use std::sync::Arc;
+
+use flowstone_core::Store;
+use flowstone_core::conformance;
+use flowstone_postgres::PostgresStore;
+use flowstone_postgres::testing::TestDatabase;
+
+/// A fresh store on a fresh database, or `None` when the test is skipped; the
+/// database lives as long as the returned guard.
+async fn fresh() -> Option<(Arc<dyn Store>, TestDatabase)> {
+    let db = TestDatabase::create().await?;
+    let store = PostgresStore::connect(db.url())
+        .await
+        .expect("a fresh PostgreSQL store connects");
+    Some((Arc::new(store), db))
+}
+
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some((store, _db)) = fresh().await else { return };
+                conformance::$case(store).await;
+            }
+        )*
+
+        /// Every case of the suite has a test above.
+        #[test]
+        fn every_case_is_listed() {
+            let listed = [$(stringify!($case)),*];
+            for (name, _) in conformance::CASES {
+                assert!(listed.contains(name), "conformance case {name} has no PostgreSQL test");
+            }
+        }
+    };
+}
+
+cases!(
+    create_run_sets_initial_states,
+    claim_respects_upstream,
+    claim_limit_and_order,
+    concurrent_claimers_never_share,
+    completion_records_everything,
+    failed_batch_writes_nothing,
+    zombie_completion_is_fenced,
+    retryable_waits_for_retry_at,
+    final_failure_skips_downstream,
+    cancel_run_ends_waiting_steps,
+    set_run_state_checks_from,
+    events_in_order_with_paging,
+    latest_materializations_and_partitions,
+    lineage_both_ways,
+    step_counts_and_running_workers,
+    release_returns_steps_to_queue,
+    heartbeat_and_workers,
+    complete_and_claim_takes_what_it_released,
+);
