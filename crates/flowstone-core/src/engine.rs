@@ -32,7 +32,7 @@ pub enum EngineError {
          and resume again"
     )]
     RunBusy { run: RunId, workers: String },
-    #[error("run {run} has already {state}; nothing to resume")]
+    #[error("run {run} has already ended ({state}); nothing to resume")]
     RunEnded { run: RunId, state: RunState },
     #[error("{0}")]
     Invalid(String),
@@ -62,6 +62,8 @@ pub struct RunRequest {
     pub trigger: Trigger,
     /// Steps run at once.
     pub max_parallel: usize,
+    /// In a backfill, also run partitions that are materialized but stale.
+    pub refresh_stale: bool,
 }
 
 impl RunRequest {
@@ -78,6 +80,7 @@ impl RunRequest {
             },
             trigger: Trigger::Api,
             max_parallel: worker::default_parallelism(),
+            refresh_stale: false,
         }
     }
 
@@ -94,6 +97,7 @@ impl RunRequest {
             },
             trigger: Trigger::Backfill,
             max_parallel: worker::default_parallelism(),
+            refresh_stale: false,
         }
     }
 
@@ -105,6 +109,12 @@ impl RunRequest {
     /// Re-run asset partitions that are already materialized.
     pub fn force(mut self, yes: bool) -> Self {
         self.selection.skip_materialized = !yes;
+        self
+    }
+
+    /// In a backfill, also run partitions that are materialized but stale.
+    pub fn refresh_stale(mut self, yes: bool) -> Self {
+        self.refresh_stale = yes;
         self
     }
 
@@ -256,13 +266,22 @@ impl Engine {
 
     /// Plans a request without queuing anything.
     pub async fn plan(&self, request: &RunRequest) -> Result<Plan, EngineError> {
-        Ok(plan::plan(
-            &self.defs,
-            self.store.as_ref(),
-            &request.selection,
-            Timestamp::now(),
-        )
-        .await?)
+        let mut refresh = std::collections::HashSet::new();
+        if request.refresh_stale && request.selection.skip_materialized {
+            for status in self.statuses().await? {
+                for p in status.partitions {
+                    if matches!(p.state, crate::query::PartitionState::Stale(_)) {
+                        refresh.insert(crate::ids::AssetPartition::new(
+                            status.asset.clone(),
+                            p.partition,
+                        ));
+                    }
+                }
+            }
+        }
+        let selection = &request.selection;
+        let store = self.store.as_ref();
+        Ok(plan::plan_refreshing(&self.defs, store, selection, &refresh, Timestamp::now()).await?)
     }
 
     /// Plans and queues a run, without working on it; `None` when there is
@@ -558,11 +577,33 @@ fn run_event(run: RunId, kind: EventKind, message: String) -> NewEvent {
     }
 }
 
-/// The OS user running this process.
+/// The OS user running this process: `$USER`, else the name of this
+/// process's user id in `/etc/passwd`, else `uid N`.
 pub fn current_user() -> String {
-    std::env::var("USER")
+    if let Some(user) = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
         .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
+        .filter(|u| !u.trim().is_empty())
+    {
+        return user;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(1).map(str::to_owned)
+        });
+    let Some(uid) = uid else {
+        return "unknown".to_owned();
+    };
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid).then(|| name.to_owned())
+            })
+        });
+    name.unwrap_or_else(|| format!("uid {uid}"))
 }

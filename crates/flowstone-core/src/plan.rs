@@ -115,6 +115,18 @@ pub async fn plan(
     selection: &Selection,
     now: Timestamp,
 ) -> Result<Plan, PlanError> {
+    plan_refreshing(defs, store, selection, &HashSet::new(), now).await
+}
+
+/// As [`plan`], treating the asset partitions in `refresh` (e.g. the stale
+/// ones) as not materialized.
+pub async fn plan_refreshing(
+    defs: &Definitions,
+    store: &dyn Store,
+    selection: &Selection,
+    refresh: &HashSet<AssetPartition>,
+    now: Timestamp,
+) -> Result<Plan, PlanError> {
     if defs.is_empty() {
         return Err(PlanError::NothingDefined);
     }
@@ -184,7 +196,7 @@ pub async fn plan(
             }
         }
         let before = targets.len();
-        targets.retain(|t| !done.contains(t));
+        targets.retain(|t| !done.contains(t) || refresh.contains(t));
         already_materialized = (before - targets.len()) as u64;
     }
 

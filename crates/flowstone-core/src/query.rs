@@ -171,13 +171,25 @@ impl Engine {
         partition: Option<&str>,
         direction: Direction,
     ) -> Result<Lineage, EngineError> {
+        self.lineage_to_depth(asset, partition, direction, None)
+            .await
+    }
+
+    /// As [`Engine::lineage`], following at most `max_depth` edges from the root.
+    pub async fn lineage_to_depth(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+        direction: Direction,
+        max_depth: Option<u32>,
+    ) -> Result<Lineage, EngineError> {
         let root = self.lineage_root(asset, partition).await?;
         let mut seen: HashSet<MaterializationId> = HashSet::from([root.id]);
         let mut frontier = vec![root.id];
         let mut nodes = Vec::new();
         let mut edges = Vec::new();
         let mut depth = 0;
-        while !frontier.is_empty() {
+        while !frontier.is_empty() && max_depth.is_none_or(|max| depth < max) {
             depth += 1;
             let mut next = Vec::new();
             for chunk in frontier.chunks(500) {

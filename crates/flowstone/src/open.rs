@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flowstone_core::{Store, StoreError};
+use flowstone_postgres::PostgresStore;
 use flowstone_sqlite::SqliteStore;
 
 /// The store location used when none is given.
@@ -19,13 +20,16 @@ pub struct OpenedStore {
     pub describe: String,
 }
 
-/// Opens the store at `location` (default [`DEFAULT_STORE`]); values go to
-/// `storage`, or to `storage/` beside the database.
+/// Opens the store at `location` (default [`DEFAULT_STORE`]): a SQLite
+/// location, or a `postgres://` / `postgresql://` URL. Values go to
+/// `storage`, or by default to `storage/` beside the SQLite database, or to
+/// `.flowstone/storage` in the working directory for PostgreSQL.
 ///
 /// # Errors
 ///
 /// [`StoreError::Config`] for a location that is not accepted (the message says
-/// which forms are), and any error of the backend while opening.
+/// which forms are) or a PostgreSQL server that cannot be reached, and any
+/// error of the backend while opening.
 pub async fn open_store(
     location: Option<&str>,
     storage: Option<&Path>,
@@ -35,10 +39,18 @@ pub async fn open_store(
         .filter(|l| !l.is_empty())
         .unwrap_or(DEFAULT_STORE);
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        return Err(StoreError::Config(format!(
-            "cannot open {location:?}: this build has no PostgreSQL store yet; use a SQLite \
-             location such as .flowstone, ./store.db or sqlite://PATH"
-        )));
+        // The database holds the record; values stay on files, as with SQLite.
+        let store = PostgresStore::connect(location).await?;
+        let describe = store.describe();
+        let storage = storage.map_or_else(
+            || PathBuf::from(DEFAULT_STORE).join("storage"),
+            Path::to_path_buf,
+        );
+        return Ok(OpenedStore {
+            store: Arc::new(store),
+            storage,
+            describe,
+        });
     }
     let store = SqliteStore::open(location).await?;
     let describe = store.describe();
@@ -54,4 +66,37 @@ pub async fn open_store(
         storage,
         describe,
     })
+}
+
+/// Checks that a store exists at `location` (default [`DEFAULT_STORE`]), for
+/// commands that only read: they must not create one where a typo points.
+///
+/// # Errors
+///
+/// [`StoreError::Config`] naming the location when nothing is there.
+pub fn check_exists(location: Option<&str>) -> Result<(), StoreError> {
+    let location = location.map(str::trim).unwrap_or(DEFAULT_STORE);
+    if location.contains("://") && !location.starts_with("sqlite://") {
+        return Ok(());
+    }
+    let path = location
+        .strip_prefix("sqlite://")
+        .or_else(|| location.strip_prefix("sqlite:"))
+        .unwrap_or(location);
+    if path == ":memory:" || Path::new(path).exists() {
+        return Ok(());
+    }
+    Err(StoreError::Config(format!(
+        "no store at {location}: nothing has been materialized there yet (run materialize or \
+         backfill first), or --store / FLOWSTONE_STORE points somewhere else"
+    )))
+}
+
+impl OpenedStore {
+    /// An engine on this store whose default I/O manager writes to
+    /// [`OpenedStore::storage`], as the CLI does.
+    pub fn engine(self, defs: flowstone_core::Definitions) -> flowstone_core::Engine {
+        flowstone_core::Engine::new(defs, self.store)
+            .with_default_io(Arc::new(flowstone_core::FileIoManager::new(self.storage)))
+    }
 }

@@ -371,8 +371,8 @@ async fn rematerializing_upstream_makes_downstream_stale_and_impact_says_so() {
     assert_eq!(weekly.counts.stale, 1, "{:?}", weekly.partitions);
     assert!(matches!(&weekly.partitions[0].state,
         PartitionState::Stale(why) if why.contains("derived[2024-01-02] is stale")));
-    let all = engine.statuses().await.unwrap();
-    let stale: Vec<u64> = all.iter().map(|s| s.counts.stale).collect();
+    let statuses = engine.statuses().await.unwrap();
+    let stale: Vec<u64> = statuses.iter().map(|s| s.counts.stale).collect();
     assert_eq!(stale, [0, 0, 1, 1], "source, steady, derived, weekly");
 
     // Impact says the same, from the definitions.
@@ -393,6 +393,26 @@ async fn rematerializing_upstream_makes_downstream_stale_and_impact_says_so() {
             ("weekly".to_owned(), vec!["2024-01-01".to_owned()]),
         ]
     );
+
+    // A backfill skips stale partitions unless asked to refresh them.
+    assert!(matches!(
+        engine.launch(all()).await.unwrap(),
+        Launch::NothingToDo { .. }
+    ));
+    let refreshed = engine
+        .run(all().refresh_stale(true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        refreshed.recorded, 2,
+        "derived[2024-01-02] and weekly[2024-01-01]"
+    );
+    assert_eq!(engine.status("weekly").await.unwrap().counts.stale, 0);
+    engine
+        .materialize("source", Some("2024-01-02"))
+        .await
+        .unwrap();
 
     // Refreshing the stale day makes the week stale only until it is refreshed too.
     engine
@@ -490,7 +510,10 @@ async fn an_interrupted_run_resumes_without_redoing_completed_steps() {
         "no completed step ran twice"
     );
     let err = engine.resume(run.id, 4).await.err().unwrap();
-    assert!(err.to_string().contains("already succeeded"), "{err}");
+    assert!(
+        err.to_string().contains("already ended (succeeded)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

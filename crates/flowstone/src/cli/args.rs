@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Materialize assets, backfill partitions, and ask where data came from",
     after_help = "The store defaults to .flowstone/ in the working directory.\n\
-                  Exit codes: 0 ok, 1 a step failed, 2 bad usage or input."
+                  Exit codes: 0 ok, 1 a step failed, the run was cancelled or the store \
+                  failed, 2 bad usage or input, 130 interrupted (Ctrl-C)."
 )]
 pub struct Cli {
     /// Where the record lives: a directory, a `.db` file or `sqlite://PATH`.
@@ -106,6 +107,10 @@ pub struct BackfillArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Also run partitions that are materialized but stale.
+    #[arg(long, conflicts_with = "force")]
+    pub stale: bool,
+
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -140,21 +145,30 @@ pub enum LineageDirection {
 
 #[derive(Debug, Args)]
 pub struct LineageArgs {
+    /// upstream: what it was made from; downstream: what read it.
     #[arg(value_enum)]
     pub direction: LineageDirection,
 
+    /// The asset key.
     #[arg(value_name = "ASSET")]
     pub asset: String,
 
+    /// The partition key (needed for a partitioned asset).
     #[arg(long, short = 'p', value_name = "KEY")]
     pub partition: Option<String>,
+
+    /// Follow at most this many steps of lineage.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub depth: Option<u32>,
 }
 
 #[derive(Debug, Args)]
 pub struct ImpactArgs {
+    /// The asset key of the partition that would change.
     #[arg(value_name = "ASSET")]
     pub asset: String,
 
+    /// The partition key (needed for a partitioned asset).
     #[arg(long, short = 'p', value_name = "KEY")]
     pub partition: Option<String>,
 }
@@ -163,16 +177,20 @@ pub struct ImpactArgs {
 pub enum RunsCommand {
     /// List runs, newest first.
     List {
-        #[arg(long, default_value_t = 20, value_name = "N")]
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
     /// Show a run and its steps.
     Show {
+        /// A run id, or a unique prefix of one.
         #[arg(value_name = "RUN")]
         run: String,
     },
     /// Continue an interrupted run, or one whose process died.
     Resume {
+        /// A run id, or a unique prefix of one.
         #[arg(value_name = "RUN")]
         run: String,
         #[command(flatten)]
@@ -180,6 +198,7 @@ pub enum RunsCommand {
     },
     /// Cancel a run: steps not yet running are cancelled.
     Cancel {
+        /// A run id, or a unique prefix of one.
         #[arg(value_name = "RUN")]
         run: String,
     },
@@ -187,18 +206,23 @@ pub enum RunsCommand {
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
+    /// A run id, or a unique prefix of one.
     #[arg(value_name = "RUN")]
     pub run: String,
 
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    /// How many events to print, from the first.
+    #[arg(long, default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
 }
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
+    /// The asset key.
     #[arg(value_name = "ASSET")]
     pub asset: String,
 
+    /// The partition key (needed for a partitioned asset).
     #[arg(long, short = 'p', value_name = "KEY")]
     pub partition: Option<String>,
 }

@@ -21,7 +21,6 @@ mod progress;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use flowstone_core::engine::Launch;
 use flowstone_core::query::Direction;
 use flowstone_core::store::{RunState, Trigger};
@@ -44,7 +43,25 @@ pub const EXIT_USAGE: u8 = 2;
 /// Parses the process arguments and runs the command; the whole of a code
 /// location's `main`.
 pub fn main(defs: Result<Definitions, DefinitionErrors>) -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+
+    // Help and version name the program the user ran, not this library.
+    let name = std::env::args_os()
+        .next()
+        .and_then(|arg0| {
+            let stem = std::path::Path::new(&arg0)
+                .file_stem()?
+                .to_string_lossy()
+                .into_owned();
+            (!stem.is_empty()).then_some(stem)
+        })
+        .unwrap_or_else(|| "flowstone".to_owned());
+    let parsed = Cli::command()
+        .name(name.clone())
+        .bin_name(name)
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
@@ -61,6 +78,7 @@ pub fn main(defs: Result<Definitions, DefinitionErrors>) -> ExitCode {
 /// Runs a parsed command line; returns the exit code.
 pub fn run(defs: Result<Definitions, DefinitionErrors>, cli: Cli) -> u8 {
     init_tracing(cli.verbose);
+    quiet_asset_panics();
     let defs = match defs {
         Ok(defs) => defs,
         Err(errors) => {
@@ -138,6 +156,23 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
         return Ok(EXIT_OK);
     }
 
+    // Commands that only read must not create a store where a typo points.
+    let writes = matches!(
+        cli.command,
+        Command::Materialize(_)
+            | Command::Backfill(_)
+            | Command::Runs(RunsCommand::Resume { .. } | RunsCommand::Cancel { .. })
+    );
+    if let Some(location) = &cli.store
+        && location.trim().is_empty()
+    {
+        return Err(usage(
+            "--store is empty; give a directory, a .db file or sqlite://PATH",
+        ));
+    }
+    if !writes {
+        crate::open::check_exists(cli.store.as_deref())?;
+    }
     let opened = crate::open_store(cli.store.as_deref(), cli.storage.as_deref()).await?;
     let mut engine = Engine::new(defs, opened.store.clone()).with_default_io(Arc::new(
         flowstone_core::FileIoManager::new(&opened.storage),
@@ -180,7 +215,12 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
             };
             let lineage = ctx
                 .engine
-                .lineage(&args.asset, args.partition.as_deref(), direction)
+                .lineage_to_depth(
+                    &args.asset,
+                    args.partition.as_deref(),
+                    direction,
+                    args.depth,
+                )
                 .await?;
             ctx.printer.lineage(&lineage);
             Ok(EXIT_OK)
@@ -213,7 +253,7 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
             let handle = ctx.engine.resume(id, parallelism(&run_args)).await?;
             let total = ctx.engine.store().step_counts(id).await?.total();
             let outcome = progress::watch(handle, total, ctx.show_progress(&run_args)).await?;
-            Ok(ctx.finish(&outcome, 0))
+            Ok(ctx.finish(&outcome, 0, 0))
         }
         Command::Runs(RunsCommand::Cancel { run }) => {
             let id = ctx.find_run(&run).await?;
@@ -224,7 +264,7 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
         Command::Events(args) => {
             let id = ctx.find_run(&args.run).await?;
             let events = ctx.engine.store().events(id, None, args.limit).await?;
-            ctx.printer.events(&events);
+            ctx.printer.events(&events, args.limit);
             Ok(EXIT_OK)
         }
         Command::Show(args) => {
@@ -269,6 +309,7 @@ impl Ctx {
         let request = RunRequest::backfill(assets, partitions)
             .with_upstream(args.with_upstream)
             .force(args.force)
+            .refresh_stale(args.stale)
             .max_parallel(parallelism(&args.run));
         self.launch(request, &args.run).await
     }
@@ -283,14 +324,15 @@ impl Ctx {
                 self.printer.run_started(&run, &plan);
                 let total = run.steps.total();
                 let outcome = progress::watch(handle, total, self.show_progress(run_args)).await?;
-                Ok(self.finish(&outcome, plan.already_materialized))
+                Ok(self.finish(&outcome, plan.already_materialized, plan.left_out))
             }
         }
     }
 
-    fn finish(&self, outcome: &RunOutcome, already_materialized: u64) -> u8 {
+    fn finish(&self, outcome: &RunOutcome, already_materialized: u64, left_out: u64) -> u8 {
+        let store = &self.store_location;
         self.printer
-            .run_finished(outcome, already_materialized, &self.store_location);
+            .run_finished(outcome, already_materialized, left_out, store);
         match outcome.run.state {
             RunState::Succeeded => EXIT_OK,
             RunState::Interrupted | RunState::Running => {
@@ -350,6 +392,24 @@ impl Ctx {
 fn parallelism(args: &RunArgs) -> usize {
     args.max_parallel
         .map_or_else(flowstone_core::default_parallelism, usize::from)
+}
+
+/// An asset that panics fails its step, and the panic message is recorded
+/// there; the default hook would also print it (with a backtrace when
+/// `RUST_BACKTRACE` is set) over the progress bar, once per attempt. Panics on
+/// the runtime's worker threads are logged instead; others keep the default.
+fn quiet_asset_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let worker = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("tokio-runtime"));
+        if worker {
+            tracing::debug!(panic = %info, "an asset panicked; its step records the message");
+        } else {
+            default(info);
+        }
+    }));
 }
 
 fn init_tracing(verbose: u8) {

@@ -11,6 +11,36 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::json;
 
+/// Writes to stdout; a reader that went away (`| head`) ends the process
+/// quietly instead of panicking, and any other write error is reported.
+macro_rules! out {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*), false) };
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*), true) };
+}
+
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")?;
+        }
+        Ok(())
+    });
+    match written {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => {
+            eprintln!("error: cannot write to stdout: {err}");
+            std::process::exit(i32::from(super::EXIT_FAILED));
+        }
+    }
+}
+
 pub(crate) struct Printer {
     json: bool,
 }
@@ -26,7 +56,7 @@ impl Printer {
 
     fn emit(&self, value: &impl Serialize) {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => outln!("{text}"),
             Err(err) => eprintln!("error: cannot print JSON: {err}"),
         }
     }
@@ -92,7 +122,7 @@ impl Printer {
                 a.code_version.clone(),
             ]);
         }
-        print!("{}", table(&rows));
+        out!("{}", table(&rows));
     }
 
     pub(crate) fn nothing_to_do(&self, plan: &Plan, store: &str) {
@@ -101,7 +131,7 @@ impl Printer {
             self.emit(&json!({ "run": null, "already_materialized": already, "store": store }));
             return;
         }
-        println!(
+        outln!(
             "nothing to do: all {already} selected asset partitions are already materialized \
              (use --force to run them again)\nstore: {store}"
         );
@@ -120,21 +150,28 @@ impl Printer {
             );
         }
         let steps = run.steps.total();
+        let noun = if steps == 1 { "step" } else { "steps" };
         eprintln!(
-            "run {} started: {} ({steps} steps{notes})",
+            "run {} started: {} ({steps} {noun}{notes})",
             run.id, run.description
         );
         if plan.left_out > 0 {
             eprintln!(
-                "left out {} asset partitions whose upstream is not materialized (e.g. {}); \
-                 add --with-upstream to include it",
+                "left out {} asset partition(s) whose upstream is not materialized, e.g. {}; \
+                 add --with-upstream to run that upstream too",
                 plan.left_out,
                 plan.left_out_examples.join(", ")
             );
         }
     }
 
-    pub(crate) fn run_finished(&self, outcome: &RunOutcome, already: u64, store: &str) {
+    pub(crate) fn run_finished(
+        &self,
+        outcome: &RunOutcome,
+        already: u64,
+        left_out: u64,
+        store: &str,
+    ) {
         if self.json {
             self.emit(&json!({
                 "run": outcome.run,
@@ -142,6 +179,7 @@ impl Printer {
                 "interrupted": outcome.interrupted,
                 "elapsed_ms": outcome.elapsed_ms,
                 "already_materialized": already,
+                "left_out_upstream_missing": left_out,
                 "store": store,
             }));
             return;
@@ -149,20 +187,23 @@ impl Printer {
         let run = &outcome.run;
         let steps = &run.steps;
         let seconds = outcome.elapsed_ms as f64 / 1000.0;
-        println!("run {} {}", run.id, run.state);
-        println!(
+        outln!("run {} {}", run.id, run.state);
+        outln!(
             "  materializations recorded: {}    failed: {}    skipped: {}    left: {}",
             outcome.recorded,
             steps.failed,
             steps.skipped,
             steps.live()
         );
-        println!("  time: {seconds:.2} s    store: {store}");
+        outln!("  time: {seconds:.2} s    store: {store}");
+        if left_out > 0 {
+            outln!("  left out, upstream not materialized: {left_out} (see above)");
+        }
         if outcome.interrupted && steps.live() > 0 {
-            println!("  continue with: runs resume {}", run.id);
+            outln!("  continue with: runs resume {}", run.id);
         }
         if steps.failed > 0 {
-            println!("  see the errors with: runs show {}", run.id);
+            outln!("  see the errors with: runs show {}", run.id);
         }
     }
 
@@ -172,14 +213,18 @@ impl Printer {
             return;
         }
         let c = &status.counts;
-        println!(
+        outln!(
             "{}  ({})",
             status.asset,
             status.partitions_def.as_deref().unwrap_or("unpartitioned")
         );
-        println!(
+        outln!(
             "  materialized {}  stale {}  failed {}  missing {}  total {}",
-            c.materialized, c.stale, c.failed, c.missing, c.total
+            c.materialized,
+            c.stale,
+            c.failed,
+            c.missing,
+            c.total
         );
         let mut rows = vec![vec![
             "PARTITION".into(),
@@ -227,10 +272,10 @@ impl Printer {
             ]);
         }
         if rows.len() > 1 {
-            print!("{}", table(&rows));
+            out!("{}", table(&rows));
         }
         if hidden > 0 {
-            println!("  ({hidden} materialized partitions not listed; --all lists them)");
+            outln!("  ({hidden} materialized partition(s) not listed; --all lists them)");
         }
     }
 
@@ -262,7 +307,7 @@ impl Printer {
                 c.missing.to_string(),
             ]);
         }
-        print!("{}", table(&rows));
+        out!("{}", table(&rows));
     }
 
     pub(crate) fn lineage(&self, lineage: &Lineage) {
@@ -275,12 +320,14 @@ impl Printer {
             flowstone_core::Direction::Upstream => "was made from",
             flowstone_core::Direction::Downstream => "was read by",
         };
-        println!(
+        outln!(
             "{} (materialization #{}, run {}) {verb}:",
-            root.target, root.id, root.run_id
+            root.target,
+            root.id,
+            root.run_id
         );
         if lineage.nodes.is_empty() {
-            println!("  nothing");
+            outln!("  nothing");
             return;
         }
         let mut rows = vec![
@@ -303,7 +350,7 @@ impl Printer {
                 m.data_version.clone(),
             ]);
         }
-        print!("{}", table(&rows));
+        out!("{}", table(&rows));
     }
 
     pub(crate) fn impact(&self, target: &AssetPartition, impact: &[ImpactEntry]) {
@@ -312,11 +359,11 @@ impl Printer {
             return;
         }
         if impact.is_empty() {
-            println!("nothing downstream reads {target}");
+            outln!("nothing downstream reads {target}");
             return;
         }
         let total: usize = impact.iter().map(|e| e.partitions.len().max(1)).sum();
-        println!("if {target} changes, {total} asset partitions go stale:");
+        outln!("if {target} changes, {total} asset partitions go stale:");
         for entry in impact {
             let parts = match entry.partitions.as_slice() {
                 [] => String::new(),
@@ -335,7 +382,7 @@ impl Printer {
                     many[many.len() - 1]
                 ),
             };
-            println!("  {}{parts}", entry.asset);
+            outln!("  {}{parts}", entry.asset);
         }
     }
 
@@ -345,7 +392,7 @@ impl Printer {
             return;
         }
         if runs.is_empty() {
-            println!("no runs yet");
+            outln!("no runs yet");
             return;
         }
         let mut rows = vec![
@@ -364,7 +411,7 @@ impl Printer {
                 r.description.clone(),
             ]);
         }
-        print!("{}", table(&rows));
+        out!("{}", table(&rows));
     }
 
     pub(crate) fn run(&self, run: &RunRecord, steps: &[StepRecord]) {
@@ -373,18 +420,18 @@ impl Printer {
             return;
         }
         let c = &run.steps;
-        println!("run {} {}", run.id, run.state);
-        println!("  {}", run.description);
-        println!(
+        outln!("run {} {}", run.id, run.state);
+        outln!("  {}", run.description);
+        outln!(
             "  started {} by {} ({})",
             short_time(run.created_at),
             run.user,
             run.trigger
         );
         if let Some(at) = run.finished_at {
-            println!("  finished {}", short_time(at));
+            outln!("  finished {}", short_time(at));
         }
-        println!(
+        outln!(
             "  steps: {} completed, {} failed, {} skipped, {} running, {} queued, {} cancelled",
             c.completed,
             c.failed,
@@ -409,9 +456,9 @@ impl Printer {
                     s.error.clone().unwrap_or_default(),
                 ]);
             }
-            print!("{}", table(&rows));
+            out!("{}", table(&rows));
             if problems.len() > 50 {
-                println!("  ... and {} more (--json lists all)", problems.len() - 50);
+                outln!("  ... and {} more (--json lists all)", problems.len() - 50);
             }
         }
     }
@@ -420,26 +467,29 @@ impl Printer {
         if self.json {
             self.emit(&json!({ "run": run, "cancelled": changed }));
         } else if changed {
-            println!("run {run} cancelled; running steps finish, the rest will not run");
+            outln!("run {run} cancelled; running steps finish, the rest will not run");
         } else {
-            println!("run {run} had already ended; nothing to cancel");
+            outln!("run {run} had already ended; nothing to cancel");
         }
     }
 
-    pub(crate) fn events(&self, events: &[EventRecord]) {
+    pub(crate) fn events(&self, events: &[EventRecord], limit: u32) {
         if self.json {
             self.emit(&events);
             return;
         }
         for e in events {
             let step = e.step_id.map(|s| format!(" step {s}")).unwrap_or_default();
-            println!(
+            outln!(
                 "{} {:5} {}{step}: {}",
                 short_time(e.at),
                 e.level,
                 e.kind,
                 e.message
             );
+        }
+        if events.len() as u64 >= u64::from(limit) {
+            eprintln!("(the first {limit} events; --limit N shows more)");
         }
     }
 
