@@ -9,6 +9,7 @@ mod open;
 
 pub use flowstone_core::*;
 pub use flowstone_macros::asset;
+pub use flowstone_postgres::PostgresStore;
 pub use flowstone_sqlite::SqliteStore;
 pub use open::{DEFAULT_STORE, OpenedStore, open_store};
 

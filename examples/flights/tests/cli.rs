@@ -114,10 +114,30 @@ fn bad_input_gets_a_clear_message_and_exit_code_2() {
     );
     bad_input(store, &["events", "0000"], &["no run id starts with"]);
     bad_input(store, &["show", "airlines"], &["never been materialized"]);
+    // Nothing listens on port 1: the error names the server and the reason.
     bad_input(
         store,
-        &["--store", "postgres://x", "status"],
-        &["PostgreSQL"],
+        &["--store", "postgres://127.0.0.1:1/flowstone", "status"],
+        &[
+            "cannot connect to PostgreSQL at postgres://127.0.0.1:1/flowstone",
+            "refused",
+        ],
+    );
+    // A malformed URL says so, without the password.
+    let url = "postgres://fs:s3cret@127.0.0.1:notaport/flowstone";
+    bad_input(
+        store,
+        &["--store", url, "status"],
+        &[
+            "invalid PostgreSQL URL",
+            "postgres://fs:***@127.0.0.1:notaport/flowstone",
+        ],
+    );
+    let out = flights(store, &["--store", url, "status"]);
+    assert!(
+        !text(&out).contains("s3cret"),
+        "the password is shown\n{}",
+        text(&out)
     );
     let file = dir.path().join("not-a-store.txt");
     std::fs::write(&file, "hello").unwrap();
