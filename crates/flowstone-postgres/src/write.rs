@@ -62,18 +62,18 @@ const CLAIM_ANY: &str = claim_sql!("");
 /// Claims from one run (`$5`).
 const CLAIM_RUN: &str = claim_sql!("AND run_id = $5");
 
-/// Moves running steps to completed, checking attempt and worker. Locks the
-/// batch's steps in id order first. Returns the claims that moved.
-const FENCE_COMPLETE: &str = "WITH b AS ( \
-         SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::timestamptz[]) \
-             AS b (id, attempt, worker, finished_at)), \
-     locked AS ( \
-         SELECT s.id FROM steps AS s WHERE s.id IN (SELECT id FROM b) \
-         ORDER BY s.id FOR UPDATE) \
+/// Moves running steps to completed, checking attempt and worker (an id named
+/// twice, with another attempt or worker, matches at most once). Locks the
+/// batch's steps in id order first, found by primary key: an `IN (subquery)`
+/// here let the planner scan the whole table. Returns the claims that moved.
+const FENCE_COMPLETE: &str = "WITH locked AS ( \
+         SELECT id FROM steps WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
      UPDATE steps AS s \
      SET state = 'completed', finished_at = b.finished_at, lease_until = NULL, error = NULL \
-     FROM b, locked \
-     WHERE s.id = b.id AND locked.id = s.id AND s.state = 'running' \
+     FROM locked, \
+         unnest($1::int8[], $2::int8[], $3::text[], $4::timestamptz[]) \
+             AS b (id, attempt, worker, finished_at) \
+     WHERE s.id = locked.id AND b.id = locked.id AND s.state = 'running' \
        AND s.attempt = b.attempt AND s.worker = b.worker \
      RETURNING s.id, s.attempt, s.worker";
 
@@ -104,30 +104,27 @@ const RELEASE_DOWNSTREAM: &str = "WITH d AS ( \
          SELECT downstream_id AS id, count(*)::int4 AS n FROM step_deps \
          WHERE upstream_id = ANY($1) GROUP BY downstream_id), \
      locked AS ( \
-         SELECT s.id FROM steps AS s WHERE s.id IN (SELECT id FROM d) \
-         ORDER BY s.id FOR UPDATE) \
+         SELECT id FROM steps WHERE id = ANY(ARRAY(SELECT id FROM d)) \
+         ORDER BY id FOR UPDATE) \
      UPDATE steps AS s \
      SET upstream_remaining = s.upstream_remaining - d.n, \
          state = CASE WHEN s.state = 'pending' AND s.upstream_remaining - d.n <= 0 \
                       THEN 'available' ELSE s.state END \
-     FROM d, locked \
-     WHERE s.id = d.id AND locked.id = s.id";
+     FROM locked, d \
+     WHERE s.id = locked.id AND d.id = locked.id";
 
 /// Moves running steps to retryable (with a retry time) or failed, checking
 /// attempt and worker.
-const FENCE_FAIL: &str = "WITH b AS ( \
-         SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], \
-                              $5::timestamptz[], $6::timestamptz[]) \
-             AS b (id, attempt, worker, error, retry_at, finished_at)), \
-     locked AS ( \
-         SELECT s.id FROM steps AS s WHERE s.id IN (SELECT id FROM b) \
-         ORDER BY s.id FOR UPDATE) \
+const FENCE_FAIL: &str = "WITH locked AS ( \
+         SELECT id FROM steps WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
      UPDATE steps AS s \
      SET state = CASE WHEN b.retry_at IS NULL THEN 'failed' ELSE 'retryable' END, \
          scheduled_at = coalesce(b.retry_at, s.scheduled_at), \
          error = b.error, finished_at = b.finished_at, lease_until = NULL \
-     FROM b, locked \
-     WHERE s.id = b.id AND locked.id = s.id AND s.state = 'running' \
+     FROM locked, \
+         unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[], \
+                $6::timestamptz[]) AS b (id, attempt, worker, error, retry_at, finished_at) \
+     WHERE s.id = locked.id AND b.id = locked.id AND s.state = 'running' \
        AND s.attempt = b.attempt AND s.worker = b.worker \
      RETURNING s.id, s.attempt, s.worker, s.state, s.asset_key, s.partition_key";
 
@@ -146,11 +143,11 @@ const SKIP_DOWNSTREAM: &str = "WITH RECURSIVE down (id, cause) AS ( \
          JOIN steps AS s ON s.id = d.downstream_id AND s.state = 'pending'), \
      c AS (SELECT id, min(cause) AS cause FROM down GROUP BY id), \
      locked AS ( \
-         SELECT s.id FROM steps AS s WHERE s.id IN (SELECT id FROM c) \
-         ORDER BY s.id FOR UPDATE) \
+         SELECT id FROM steps WHERE id = ANY(ARRAY(SELECT id FROM c)) \
+         ORDER BY id FOR UPDATE) \
      UPDATE steps AS s SET state = 'skipped', error = c.cause, finished_at = $3 \
-     FROM c, locked \
-     WHERE s.id = c.id AND locked.id = s.id AND s.state = 'pending' \
+     FROM locked, c \
+     WHERE s.id = locked.id AND c.id = locked.id AND s.state = 'pending' \
      RETURNING s.id, s.run_id, s.error";
 
 /// Moves the running steps of the workers in `$1` (of run `$2`, if not null)
