@@ -464,6 +464,15 @@ impl Engine {
         Ok(self.work_on(run, max_parallel))
     }
 
+    /// Whether any worker registered in the store is alive: heartbeating, and
+    /// on this host with its process still there. A `running` run with no live
+    /// worker was left by a process that died; `resume` continues it.
+    pub async fn any_live_worker(&self) -> Result<bool, EngineError> {
+        let now = Timestamp::now();
+        let workers = self.store.workers().await?;
+        Ok(workers.iter().any(|w| !worker_is_dead(w, now)))
+    }
+
     /// Cancels a run: steps not yet running are cancelled, running ones finish.
     pub async fn cancel(&self, run: RunId) -> Result<bool, EngineError> {
         self.store

@@ -268,6 +268,10 @@ fn a_killed_run_resumes_without_redoing_completed_steps() {
     child.wait().unwrap();
     let run = run.expect("the backfill made progress before it was killed");
 
+    let out = flights(store, &["runs", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("running, no live worker"), "{}", text(&out));
+
     let out = flights(store, &["--json", "runs", "show", &run]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let before: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -233,7 +233,8 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
         }
         Command::Runs(RunsCommand::List { limit }) => {
             let runs = ctx.engine.store().runs(limit).await?;
-            ctx.printer.runs(&runs);
+            let orphaned = !ctx.engine.any_live_worker().await?;
+            ctx.printer.runs(&runs, orphaned);
             Ok(EXIT_OK)
         }
         Command::Runs(RunsCommand::Show { run }) => {

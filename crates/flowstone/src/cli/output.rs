@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use flowstone_core::query::{AssetStatus, ImpactEntry, Lineage, PartitionState};
-use flowstone_core::store::{EventRecord, MaterializationRecord, RunRecord, StepRecord};
+use flowstone_core::store::{EventRecord, MaterializationRecord, RunRecord, RunState, StepRecord};
 use flowstone_core::{AssetPartition, Definitions, Plan, RunId, RunOutcome};
 use flowstone_partitions::PartitionsDef;
 use jiff::Timestamp;
@@ -386,7 +386,8 @@ impl Printer {
         }
     }
 
-    pub(crate) fn runs(&self, runs: &[RunRecord]) {
+    /// `orphaned`: no live worker holds the runs that say `running`.
+    pub(crate) fn runs(&self, runs: &[RunRecord], orphaned: bool) {
         if self.json {
             self.emit(&runs);
             return;
@@ -396,14 +397,29 @@ impl Printer {
             return;
         }
         let mut rows = vec![
-            ["RUN", "STATE", "STARTED", "BY", "STEPS", "FAILED", "WHAT"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "RUN",
+                "STATE",
+                "STARTED",
+                "BY",
+                "DONE",
+                "FAILED+SKIPPED",
+                "WHAT",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
+        let mut stranded = 0;
         for r in runs {
+            let state = if orphaned && r.state == RunState::Running {
+                stranded += 1;
+                "running, no live worker".to_owned()
+            } else {
+                r.state.to_string()
+            };
             rows.push(vec![
                 r.id.to_string(),
-                r.state.to_string(),
+                state,
                 short_time(r.created_at),
                 format!("{} ({})", r.user, r.trigger),
                 format!("{}/{}", r.steps.completed, r.steps.total()),
@@ -412,6 +428,11 @@ impl Printer {
             ]);
         }
         out!("{}", table(&rows));
+        if stranded > 0 {
+            outln!(
+                "(a run with no live worker was left by a process that stopped: runs resume RUN)"
+            );
+        }
     }
 
     pub(crate) fn run(&self, run: &RunRecord, steps: &[StepRecord]) {
