@@ -1,8 +1,8 @@
 //! Watching a run from the terminal: a progress bar (steps done / failed /
 //! total, rate, ETA) on stderr when it is a terminal, and Ctrl-C handling.
 //!
-//! The first Ctrl-C stops claiming steps and lets running ones finish; the
-//! second abandons them and hands them back to the queue. Either way the run is
+//! The first Ctrl-C (or SIGTERM) stops claiming steps and lets running ones
+//! finish; the second abandons them and hands them back to the queue. Either way the run is
 //! left `interrupted`, and `runs resume` continues it.
 
 use std::io::IsTerminal;
@@ -30,6 +30,9 @@ pub(crate) async fn watch(
         None
     };
 
+    // One listener for the whole run: a signal that lands while the loop is
+    // busy is kept for the next turn (a fresh `ctrl_c()` per turn would drop it).
+    let mut interrupt = Interrupts::new();
     let mut progress = handle.progress();
     let stopper = handle.stopper();
     let mut wait = Box::pin(handle.wait());
@@ -60,7 +63,7 @@ pub(crate) async fn watch(
                     ));
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            () = interrupt.recv() => {
                 interrupts += 1;
                 let message = if interrupts == 1 {
                     stopper.send_replace(flowstone_core::Stop::Drain);
@@ -74,6 +77,56 @@ pub(crate) async fn watch(
                     None => eprintln!("{message}"),
                 }
             }
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, as one stream; both stop a run gracefully.
+struct Interrupts {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Interrupts {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Interrupts {}
+    }
+
+    /// The next signal; pending forever if none can be listened to.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match &mut self.int {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let term = async {
+                match &mut self.term {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = int => {}
+                _ = term => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
