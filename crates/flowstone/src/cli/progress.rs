@@ -53,7 +53,8 @@ pub(crate) async fn watch(
                 if let Some(bar) = &bar {
                     let p = progress.borrow().clone();
                     let steps = p.steps;
-                    bar.set_position(steps.completed + steps.failed + steps.skipped + steps.cancelled);
+                    let ended = steps.completed + steps.failed + steps.skipped + steps.cancelled;
+                    bar.set_position(ended);
                     let seconds = bar.elapsed().as_secs_f64().max(0.001);
                     bar.set_message(format!(
                         "{} failed, {} running, {:.0} steps/s",
