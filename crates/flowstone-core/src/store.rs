@@ -180,6 +180,61 @@ pub struct NewRun {
     pub steps: Vec<NewStep>,
 }
 
+impl NewRun {
+    /// Each step's upstream indexes, sorted and without repeats, checked to
+    /// name other steps of this run; every backend calls this before it
+    /// writes anything.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] naming the first step whose upstream index is
+    /// out of range or itself.
+    pub fn checked_upstream(&self) -> StoreResult<Vec<Vec<usize>>> {
+        let n = self.steps.len();
+        let mut upstream: Vec<Vec<usize>> = Vec::with_capacity(n);
+        for (i, step) in self.steps.iter().enumerate() {
+            let mut ups = step.upstream.clone();
+            ups.sort_unstable();
+            ups.dedup();
+            if let Some(&bad) = ups.iter().find(|&&u| u >= n || u == i) {
+                return Err(StoreError::NotFound(format!(
+                    "step {i} ({}) of run {} names upstream step {bad}, which is {}; upstream \
+                     steps are indexes of other steps in the run's list of {n}",
+                    step.target,
+                    self.id,
+                    if bad == i { "itself" } else { "not in the run" },
+                )));
+            }
+            upstream.push(ups);
+        }
+        Ok(upstream)
+    }
+
+    /// The record [`Store::create_run`] returns: the run `running`, steps
+    /// without upstream `available`, the others `pending`.
+    pub fn into_record(self, upstream: &[Vec<usize>]) -> RunRecord {
+        let mut steps = StepCounts::default();
+        for ups in upstream {
+            let state = if ups.is_empty() {
+                StepState::Available
+            } else {
+                StepState::Pending
+            };
+            steps.add(state, 1);
+        }
+        RunRecord {
+            id: self.id,
+            state: RunState::Running,
+            trigger: self.trigger,
+            user: self.user,
+            description: self.description,
+            created_at: self.created_at,
+            finished_at: None,
+            steps,
+        }
+    }
+}
+
 /// One step of a [`NewRun`]; `upstream` holds indexes into the run's step list.
 #[derive(Clone, Debug)]
 pub struct NewStep {
@@ -438,6 +493,48 @@ pub struct PartitionRecord {
     pub partition: Option<PartitionKey>,
     pub latest: Option<MaterializationRecord>,
     pub failure: Option<StepFailure>,
+}
+
+impl PartitionRecord {
+    /// Builds the per-partition records of [`Store::partitions`] from the
+    /// latest materialization of each partition and its failed steps: a
+    /// failure is kept when it is newer than the materialization (or there is
+    /// none), the newest one winning.
+    pub fn merge(
+        latest: Vec<MaterializationRecord>,
+        failures: Vec<(Option<PartitionKey>, StepFailure)>,
+    ) -> Vec<PartitionRecord> {
+        let mut records: BTreeMap<Option<PartitionKey>, PartitionRecord> = latest
+            .into_iter()
+            .map(|m| {
+                let partition = m.target.partition.clone();
+                (
+                    partition.clone(),
+                    PartitionRecord {
+                        partition,
+                        latest: Some(m),
+                        failure: None,
+                    },
+                )
+            })
+            .collect();
+        for (partition, failure) in failures {
+            let record = records.entry(partition.clone()).or_insert(PartitionRecord {
+                partition,
+                latest: None,
+                failure: None,
+            });
+            let after_latest = record
+                .latest
+                .as_ref()
+                .is_none_or(|m| failure.at > m.finished_at);
+            let newest = record.failure.as_ref().is_none_or(|f| failure.at >= f.at);
+            if after_latest && newest {
+                record.failure = Some(failure);
+            }
+        }
+        records.into_values().collect()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use flowstone_core::store::{
     ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent, NewRun, Outcome,
-    RunRecord, RunState, StepCounts, StepState, StoreError, StoreResult, WorkerRecord,
+    RunRecord, RunState, StepState, StoreError, StoreResult, WorkerRecord,
 };
 use flowstone_core::{AssetPartition, MaterializationId, RunId, StepId, WorkerId};
 use jiff::Timestamp;
@@ -173,23 +173,8 @@ const INSERT_EVENTS: &str = "INSERT INTO events (run_id, step_id, at, kind, leve
 impl PostgresStore {
     pub(crate) async fn write_create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
         // Check the step graph before touching the database.
-        let n = run.steps.len();
-        let mut upstream: Vec<Vec<usize>> = Vec::with_capacity(n);
-        for (i, step) in run.steps.iter().enumerate() {
-            let mut ups = step.upstream.clone();
-            ups.sort_unstable();
-            ups.dedup();
-            if let Some(&bad) = ups.iter().find(|&&u| u >= n || u == i) {
-                return Err(StoreError::NotFound(format!(
-                    "step {i} ({}) of run {} names upstream step {bad}, which is {}; upstream \
-                     steps are indexes of other steps in the run's list of {n}",
-                    step.target,
-                    run.id,
-                    if bad == i { "itself" } else { "not in the run" },
-                )));
-            }
-            upstream.push(ups);
-        }
+        let upstream = run.checked_upstream()?;
+        let n = upstream.len();
 
         let mut tx = self.pool.begin().await.db()?;
         sqlx::query(
@@ -288,25 +273,7 @@ impl PostgresStore {
 
         tx.commit().await.db()?;
 
-        let mut steps = StepCounts::default();
-        for ups in &upstream {
-            let state = if ups.is_empty() {
-                StepState::Available
-            } else {
-                StepState::Pending
-            };
-            steps.add(state, 1);
-        }
-        Ok(RunRecord {
-            id: run.id,
-            state: RunState::Running,
-            trigger: run.trigger,
-            user: run.user,
-            description: run.description,
-            created_at: run.created_at,
-            finished_at: None,
-            steps,
-        })
+        Ok(run.into_record(&upstream))
     }
 
     pub(crate) async fn write_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedStep>> {

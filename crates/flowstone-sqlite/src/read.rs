@@ -4,7 +4,7 @@
 //! database as of its last commit. Every method is a fixed number of queries,
 //! whatever the number of rows (no query per partition or per run).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use flowstone_core::store::{
     EventRecord, LineageEdge, MaterializationRecord, PartitionRecord, RunRecord, StepCounts,
@@ -258,19 +258,11 @@ impl SqliteStore {
         .db()?;
         drop(conn);
 
-        let mut records: BTreeMap<Option<String>, PartitionRecord> = BTreeMap::new();
-        for row in &latest {
-            let m = codec::materialization(row)?;
-            let key = m.target.partition.as_ref().map(|p| p.as_str().to_owned());
-            records.insert(
-                key,
-                PartitionRecord {
-                    partition: m.target.partition.clone(),
-                    latest: Some(m),
-                    failure: None,
-                },
-            );
-        }
+        let latest = latest
+            .iter()
+            .map(codec::materialization)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut found = Vec::with_capacity(failures.len());
         for row in &failures {
             let key: Option<String> = row.try_get("partition_key").db()?;
             let run: String = row.try_get("run_id").db()?;
@@ -283,30 +275,9 @@ impl SqliteStore {
                     .db()?
                     .unwrap_or_default(),
             };
-            match records.get_mut(&key) {
-                Some(record) => {
-                    let newer = record
-                        .latest
-                        .as_ref()
-                        .is_none_or(|m| failure.at > m.finished_at);
-                    if newer {
-                        record.failure = Some(failure);
-                    }
-                }
-                None => {
-                    let partition = key.clone().map(codec::partition_key);
-                    records.insert(
-                        key,
-                        PartitionRecord {
-                            partition,
-                            latest: None,
-                            failure: Some(failure),
-                        },
-                    );
-                }
-            }
+            found.push((key.map(codec::partition_key), failure));
         }
-        Ok(records.into_values().collect())
+        Ok(PartitionRecord::merge(latest, found))
     }
 
     pub(crate) async fn read_lineage(
