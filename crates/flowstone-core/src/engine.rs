@@ -285,7 +285,7 @@ impl Engine {
     }
 
     /// Plans and queues a run, without working on it; `None` when there is
-    /// nothing to do. Another process (a `worker`) or [`Engine::resume`] runs it.
+    /// nothing to do. [`Engine::resume`] (or [`Engine::serve_worker`]) runs it.
     pub async fn submit(
         &self,
         request: &RunRequest,
@@ -539,8 +539,8 @@ impl Engine {
         }
     }
 
-    /// Runs a worker loop over every run's steps until `stop` says so (the
-    /// `worker` command).
+    /// Runs a worker loop over the steps of every run until `stop` says so;
+    /// the base of a future `worker` command (issue 3).
     pub async fn serve_worker(
         &self,
         max_parallel: usize,
