@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use flowstone::store::{
-    ClaimRequest, ClaimedStep, Completion, EventRecord, Failure, LineageEdge,
-    MaterializationRecord, NewEvent, NewRun, Outcome, PartitionRecord, RunRecord, RunState,
-    StepCounts, StepRecord, StoreResult, WorkerRecord,
+    ClaimRequest, ClaimedStep, Completion, EventRecord, Failure, Lease, LineageEdge,
+    MaterializationRecord, NewEvent, NewRun, Outcome, PartitionRecord, Rescued, RunRecord,
+    RunState, StepCounts, StepRecord, StoreResult, WorkerRecord,
 };
 use flowstone::{
     AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, Store, WorkerId,
@@ -172,7 +172,7 @@ impl Store for TimedStore {
         worker: &WorkerId,
         now: Timestamp,
         lease: jiff::SignedDuration,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         self.timed("heartbeat", none, self.inner.heartbeat(worker, now, lease))
             .await
     }
@@ -290,6 +290,56 @@ impl Store for TimedStore {
     async fn materializations_of_run(&self, run: RunId) -> StoreResult<Vec<MaterializationRecord>> {
         let call = self.inner.materializations_of_run(run);
         self.timed("materializations_of_run", |v: &Vec<_>| v.len() as u64, call)
+            .await
+    }
+
+    async fn live_steps(
+        &self,
+        targets: &[AssetPartition],
+    ) -> StoreResult<Vec<(AssetPartition, RunId)>> {
+        let call = self.inner.live_steps(targets);
+        self.timed("live_steps", |v: &Vec<_>| v.len() as u64, call)
+            .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &WorkerId,
+        ttl: jiff::SignedDuration,
+        now: Timestamp,
+    ) -> StoreResult<Option<Lease>> {
+        let call = self.inner.acquire_lease(name, holder, ttl, now);
+        self.timed("acquire_lease", none, call).await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        self.timed("release_lease", none, self.inner.release_lease(lease))
+            .await
+    }
+
+    async fn lease(&self, name: &str) -> StoreResult<Option<Lease>> {
+        self.timed("lease", none, self.inner.lease(name)).await
+    }
+
+    async fn rescue_expired(&self, lease: &Lease, now: Timestamp) -> StoreResult<Rescued> {
+        let call = self.inner.rescue_expired(lease, now);
+        self.timed("rescue_expired", none, call).await
+    }
+
+    async fn forget_workers(
+        &self,
+        lease: &Lease,
+        before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let call = self.inner.forget_workers(lease, before, now);
+        self.timed("forget_workers", none, call).await
+    }
+
+    async fn runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>> {
+        let call = self.inner.runs_without_live_steps(limit);
+        self.timed("runs_without_live_steps", |v: &Vec<_>| v.len() as u64, call)
             .await
     }
 }

@@ -97,6 +97,30 @@ pub const CASES: &[Case] = &[
     ("complete_and_claim_takes_what_it_released", |s| {
         Box::pin(complete_and_claim_takes_what_it_released(s))
     }),
+    ("one_live_step_per_target", |s| {
+        Box::pin(one_live_step_per_target(s))
+    }),
+    ("racing_runs_leave_one_live_step", |s| {
+        Box::pin(racing_runs_leave_one_live_step(s))
+    }),
+    ("claims_skip_runs_not_running", |s| {
+        Box::pin(claims_skip_runs_not_running(s))
+    }),
+    ("lease_has_one_holder_and_terms", |s| {
+        Box::pin(lease_has_one_holder_and_terms(s))
+    }),
+    ("rescue_expired_retries_or_fails", |s| {
+        Box::pin(rescue_expired_retries_or_fails(s))
+    }),
+    ("rescue_leaves_completed_and_renewed_steps", |s| {
+        Box::pin(rescue_leaves_completed_and_renewed_steps(s))
+    }),
+    ("maintenance_is_fenced_by_the_lease", |s| {
+        Box::pin(maintenance_is_fenced_by_the_lease(s))
+    }),
+    ("runs_without_live_steps_and_forgotten_workers", |s| {
+        Box::pin(runs_without_live_steps_and_forgotten_workers(s))
+    }),
 ];
 
 /// Runs every case, each against a fresh store from `factory`.
@@ -117,7 +141,10 @@ pub async fn run_all(factory: StoreFactory<'_>) {
 /// A new run is `running`; steps without upstream steps are `available`, the
 /// others `pending`; `runs` lists runs newest first.
 pub async fn create_run_sets_initial_states(store: Arc<dyn Store>) {
-    let first = RunPlan::new().step("a", None, &[]).create(&*store).await;
+    let first = RunPlan::new()
+        .step("first", None, &[])
+        .create(&*store)
+        .await;
     let plan = RunPlan::new()
         .step("a", None, &[])
         .step("b", None, &[0])
@@ -925,7 +952,10 @@ pub async fn set_run_state_checks_from(store: Arc<dyn Store>) {
 /// them; kind, level, message and data round-trip.
 pub async fn events_in_order_with_paging(store: Arc<dyn Store>) {
     let run = RunPlan::new().step("a", None, &[]).create(&*store).await;
-    let other = RunPlan::new().step("a", None, &[]).create(&*store).await;
+    let other = RunPlan::new()
+        .step("other", None, &[])
+        .create(&*store)
+        .await;
     let step = run.ids["a"];
     let kinds = [
         EventKind::RunStarted,
@@ -1496,6 +1526,478 @@ pub async fn complete_and_claim_takes_what_it_released(store: Arc<dyn Store>) {
         ["d"],
         "completing b releases d, claimed in the same call"
     );
+}
+
+/// At most one live step per asset partition across runs: a second run
+/// naming a live target is refused whole with [`StoreError::Conflict`],
+/// `live_steps` names the holder, and once the step ends the target may be
+/// queued again. Unpartitioned targets count too.
+pub async fn one_live_step_per_target(store: Arc<dyn Store>) {
+    let first = RunPlan::new()
+        .step("daily", Some("2024-01-01"), &[])
+        .step("daily", Some("2024-01-02"), &[])
+        .step("root", None, &[])
+        .create(&*store)
+        .await;
+
+    for plan in [
+        RunPlan::new().step("daily", Some("2024-01-03"), &[]).step(
+            "daily",
+            Some("2024-01-02"),
+            &[],
+        ),
+        RunPlan::new().step("root", None, &[]),
+    ] {
+        let refused = store.create_run(plan.new_run()).await;
+        match refused {
+            Err(StoreError::Conflict(message)) => assert!(
+                message.contains(&first.id.to_string()),
+                "the conflict names the run holding the target: {message}"
+            ),
+            other => panic!("a second live step for a target must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.runs(10).await.must("runs").len(),
+        1,
+        "a refused run leaves no row behind"
+    );
+    let live = store
+        .live_steps(&[
+            target("daily", Some("2024-01-02")),
+            target("daily", Some("2024-01-03")),
+            target("root", None),
+        ])
+        .await
+        .must("live_steps");
+    let mut live: Vec<(String, RunId)> = live.iter().map(|(t, r)| (label(t), *r)).collect();
+    live.sort();
+    assert_eq!(
+        live,
+        vec![
+            ("daily[2024-01-02]".to_owned(), first.id),
+            ("root".to_owned(), first.id)
+        ],
+        "live_steps finds the live targets and their run"
+    );
+
+    let repeated = RunPlan::new()
+        .step("twice", None, &[])
+        .step("twice", None, &[]);
+    assert!(
+        matches!(
+            store.create_run(repeated.new_run()).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a run naming one target twice is refused"
+    );
+
+    // Once the steps end, the targets may be queued again.
+    let w = worker("w1");
+    let claimed = claim(&*store, &w, Some(first.id), 10).await;
+    complete_all(&*store, &w, &claimed).await;
+    RunPlan::new()
+        .step("daily", Some("2024-01-02"), &[])
+        .step("root", None, &[])
+        .create(&*store)
+        .await;
+}
+
+/// Many runs created at once for the same target: exactly one is created,
+/// the others are refused with a conflict.
+pub async fn racing_runs_leave_one_live_step(store: Arc<dyn Store>) {
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        racers.spawn(async move {
+            let plan =
+                RunPlan::new()
+                    .step(&format!("own{i}"), None, &[])
+                    .step("shared", Some("p"), &[]);
+            store.create_run(plan.new_run()).await
+        });
+    }
+    let (mut created, mut refused) = (0, 0);
+    while let Some(result) = racers.join_next().await {
+        match result.expect("racer task") {
+            Ok(_) => created += 1,
+            Err(StoreError::Conflict(_)) => refused += 1,
+            Err(other) => panic!("a racing create_run failed otherwise: {other}"),
+        }
+    }
+    assert_eq!(
+        (created, refused),
+        (1, 7),
+        "one racer wins, the rest are refused"
+    );
+    let live = store
+        .live_steps(&[target("shared", Some("p"))])
+        .await
+        .must("live_steps");
+    assert_eq!(live.len(), 1, "exactly one live step for the raced target");
+}
+
+/// Claims take steps only from `running` runs: an interrupted run is paused
+/// for every worker until it runs again.
+pub async fn claims_skip_runs_not_running(store: Arc<dyn Store>) {
+    let run = RunPlan::new()
+        .step("a", None, &[])
+        .step("b", None, &[])
+        .create(&*store)
+        .await;
+    let w = worker("w1");
+    let at = now();
+    assert!(
+        store
+            .set_run_state(run.id, &[RunState::Running], RunState::Interrupted, at)
+            .await
+            .must("interrupt")
+    );
+    assert!(
+        claim(&*store, &w, None, 10).await.is_empty(),
+        "nothing is claimed from an interrupted run"
+    );
+    assert!(
+        claim(&*store, &w, Some(run.id), 10).await.is_empty(),
+        "nothing is claimed from an interrupted run, named or not"
+    );
+    store
+        .set_run_state(run.id, &[RunState::Interrupted], RunState::Running, at)
+        .await
+        .must("resume");
+    assert_eq!(claim(&*store, &w, None, 10).await.len(), 2);
+}
+
+/// One holder at a time: the lease is taken when free, renewed by its holder
+/// in the same term, refused to others while it holds, taken over with a new
+/// term once expired, and free again once released.
+pub async fn lease_has_one_holder_and_terms(store: Arc<dyn Store>) {
+    let (a, b) = (worker("leader-a"), worker("leader-b"));
+    let long = SignedDuration::from_secs(60);
+    let first = store
+        .acquire_lease("leader", &a, long, now())
+        .await
+        .must("acquire")
+        .expect("a free lease is taken");
+    assert_eq!(
+        (first.holder.clone(), first.name.as_str()),
+        (a.clone(), "leader")
+    );
+    assert!(
+        store
+            .acquire_lease("leader", &b, long, now())
+            .await
+            .must("acquire")
+            .is_none(),
+        "a held lease is refused to another"
+    );
+    let renewed = store
+        .acquire_lease("leader", &a, long, now())
+        .await
+        .must("renew")
+        .expect("the holder renews");
+    assert_eq!(renewed.term, first.term, "a renewal keeps the term");
+    assert!(renewed.expires_at >= first.expires_at);
+    assert!(
+        store
+            .acquire_lease("other", &b, long, now())
+            .await
+            .must("acquire")
+            .is_some(),
+        "leases of other names are independent"
+    );
+
+    // A short lease expires; another takes it over in a new term.
+    let short = SignedDuration::from_millis(50);
+    store
+        .acquire_lease("leader", &a, short, now())
+        .await
+        .must("renew short");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let taken = store
+        .acquire_lease("leader", &b, long, now())
+        .await
+        .must("take over")
+        .expect("an expired lease is taken over");
+    assert_eq!(taken.term, first.term + 1, "a takeover starts a new term");
+    assert_eq!(
+        store.lease("leader").await.must("lease"),
+        Some(taken.clone())
+    );
+    assert!(
+        store
+            .acquire_lease("leader", &a, long, now())
+            .await
+            .must("acquire")
+            .is_none(),
+        "the old holder cannot renew after a takeover"
+    );
+
+    // Releasing with a stale term does nothing; with the current one frees it.
+    store.release_lease(&first).await.must("release stale");
+    assert_eq!(
+        store.lease("leader").await.must("lease"),
+        Some(taken.clone())
+    );
+    store.release_lease(&taken).await.must("release");
+    assert!(
+        store
+            .acquire_lease("leader", &a, long, now())
+            .await
+            .must("acquire")
+            .is_some(),
+        "a released lease is free at once"
+    );
+}
+
+/// Running steps whose claim expired are rescued: back to `retryable` with
+/// the attempt counted while attempts remain, `failed` on the last one (its
+/// pending downstream `skipped`); a completion by the old worker is then
+/// fenced, and the retry is claimable at once as the next attempt.
+pub async fn rescue_expired_retries_or_fails(store: Arc<dyn Store>) {
+    let mut plan = RunPlan::new().step("retry_me", None, &[]);
+    plan.steps.push(NewStep {
+        target: target("last_try", None),
+        upstream: vec![],
+        max_attempts: 1,
+        priority: 0,
+    });
+    let run = plan.step("after_last", None, &[1]).create(&*store).await;
+    let dead = worker("dead");
+    let claimed = claim_with_lease(&*store, &dead, run.id, SignedDuration::from_millis(20)).await;
+    assert_eq!(claimed.len(), 2);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+
+    let lease = lead(&*store, "leader-a").await;
+    let rescued = store.rescue_expired(&lease, now()).await.must("rescue");
+    assert_eq!(
+        (rescued.retried, rescued.failed),
+        (vec![run.ids["retry_me"]], vec![run.ids["last_try"]]),
+        "the step with attempts left is retried, the one on its last attempt fails"
+    );
+    assert_eq!(
+        run.state_of(&*store, "retry_me").await,
+        StepState::Retryable
+    );
+    assert_eq!(run.state_of(&*store, "last_try").await, StepState::Failed);
+    assert_eq!(
+        run.state_of(&*store, "after_last").await,
+        StepState::Skipped,
+        "the downstream of a rescued final failure is skipped"
+    );
+    let steps = by_asset(&store.steps(run.id).await.must("steps"));
+    assert!(
+        steps["last_try"]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("dead")),
+        "the error names the lost worker: {:?}",
+        steps["last_try"].error
+    );
+
+    let zombie = completion_of(&claimed[0], &dead, vec![]);
+    assert_eq!(
+        store.complete(vec![zombie]).await.must("zombie complete"),
+        vec![Outcome::Fenced],
+        "the lost worker's late completion is fenced"
+    );
+    let again = claim(&*store, &worker("alive"), Some(run.id), 10).await;
+    assert_eq!(
+        assets(&again),
+        ["retry_me"],
+        "the rescued step is due at once"
+    );
+    assert_eq!(again[0].attempt, 2, "the rescue counted the lost attempt");
+
+    let events = store.events(run.id, None, 100).await.must("events");
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert!(
+        kinds.contains(&EventKind::StepRetrying) && kinds.contains(&EventKind::StepFailed),
+        "the rescue logs one event per step: {kinds:?}"
+    );
+    assert!(
+        store
+            .rescue_expired(&lease, now())
+            .await
+            .must("rescue")
+            .retried
+            .is_empty(),
+        "a second pass finds nothing more"
+    );
+}
+
+/// The rescue is a compare-and-set: a step that completed, or whose worker
+/// renewed its claim, is left alone.
+pub async fn rescue_leaves_completed_and_renewed_steps(store: Arc<dyn Store>) {
+    let run = RunPlan::new()
+        .step("done", None, &[])
+        .step("renewed", None, &[])
+        .create(&*store)
+        .await;
+    let w = worker("w1");
+    let short = SignedDuration::from_millis(20);
+    let claimed = claim_with_lease(&*store, &w, run.id, short).await;
+    let done: Vec<ClaimedStep> = claimed
+        .iter()
+        .filter(|c| c.target.asset.as_str() == "done")
+        .cloned()
+        .collect();
+    complete_all(&*store, &w, &done).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // The heartbeat renews the claim (w1 never registered: the renewal of
+    // its claims does not depend on that).
+    store
+        .heartbeat(&w, now(), SignedDuration::from_secs(60))
+        .await
+        .must("heartbeat");
+    let lease = lead(&*store, "leader-a").await;
+    let rescued = store.rescue_expired(&lease, now()).await.must("rescue");
+    assert_eq!(
+        rescued,
+        Default::default(),
+        "nothing expired is left to rescue"
+    );
+    assert_eq!(run.state_of(&*store, "done").await, StepState::Completed);
+    assert_eq!(run.state_of(&*store, "renewed").await, StepState::Running);
+}
+
+/// Maintenance under a lease that was taken over does nothing.
+pub async fn maintenance_is_fenced_by_the_lease(store: Arc<dyn Store>) {
+    let run = RunPlan::new().step("a", None, &[]).create(&*store).await;
+    let w = worker("w1");
+    claim_with_lease(&*store, &w, run.id, SignedDuration::from_millis(20)).await;
+    let old = store
+        .acquire_lease(
+            "leader",
+            &worker("old"),
+            SignedDuration::from_millis(30),
+            now(),
+        )
+        .await
+        .must("acquire")
+        .expect("free lease");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let new = lead(&*store, "new").await;
+    assert!(new.term > old.term);
+    assert_eq!(
+        store.rescue_expired(&old, now()).await.must("stale rescue"),
+        Default::default(),
+        "a leader whose lease was taken over rescues nothing"
+    );
+    assert_eq!(
+        store
+            .forget_workers(&old, now(), now())
+            .await
+            .must("stale forget"),
+        0,
+        "a leader whose lease was taken over forgets nobody"
+    );
+    assert_eq!(run.state_of(&*store, "a").await, StepState::Running);
+    assert_eq!(
+        store
+            .rescue_expired(&new, now())
+            .await
+            .must("rescue")
+            .retried
+            .len(),
+        1,
+        "the current leader rescues"
+    );
+}
+
+/// `runs_without_live_steps` finds running runs whose steps all ended;
+/// `forget_workers` drops silent registrations and `heartbeat` then says so.
+pub async fn runs_without_live_steps_and_forgotten_workers(store: Arc<dyn Store>) {
+    let run = RunPlan::new().step("a", None, &[]).create(&*store).await;
+    let open = RunPlan::new().step("b", None, &[]).create(&*store).await;
+    let w = worker("w1");
+    let claimed = claim(&*store, &w, Some(run.id), 1).await;
+    complete_all(&*store, &w, &claimed).await;
+    assert_eq!(
+        store
+            .runs_without_live_steps(10)
+            .await
+            .must("runs_without_live_steps"),
+        vec![run.id],
+        "only the run whose steps all ended"
+    );
+    let _ = open;
+
+    let old = WorkerRecord {
+        id: worker("old"),
+        host: "h".into(),
+        pid: 1,
+        started_at: now() - SignedDuration::from_secs(7200),
+        heartbeat_at: now() - SignedDuration::from_secs(7200),
+    };
+    store.register_worker(&old).await.must("register");
+    let fresh = WorkerRecord {
+        id: worker("fresh"),
+        heartbeat_at: now(),
+        ..old.clone()
+    };
+    store.register_worker(&fresh).await.must("register");
+    let lease = lead(&*store, "leader-a").await;
+    let before = now() - SignedDuration::from_secs(3600);
+    assert_eq!(
+        store
+            .forget_workers(&lease, before, now())
+            .await
+            .must("forget"),
+        1
+    );
+    let ids: Vec<WorkerId> = store
+        .workers()
+        .await
+        .must("workers")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(ids, vec![worker("fresh")]);
+    assert!(
+        !store
+            .heartbeat(&old.id, now(), SignedDuration::from_secs(60))
+            .await
+            .must("heartbeat"),
+        "a forgotten worker's heartbeat says it is not registered"
+    );
+    assert!(
+        store
+            .heartbeat(&fresh.id, now(), SignedDuration::from_secs(60))
+            .await
+            .must("heartbeat")
+    );
+}
+
+/// Takes the leader lease for `holder`, which must be free.
+async fn lead(store: &dyn Store, holder: &str) -> crate::store::Lease {
+    store
+        .acquire_lease(
+            "leader",
+            &worker(holder),
+            SignedDuration::from_secs(60),
+            now(),
+        )
+        .await
+        .must("acquire")
+        .expect("the leader lease is free")
+}
+
+/// Claims every claimable step of `run` with a claim lasting `lease`.
+async fn claim_with_lease(
+    store: &dyn Store,
+    worker: &WorkerId,
+    run: RunId,
+    lease: SignedDuration,
+) -> Vec<ClaimedStep> {
+    let req = ClaimRequest {
+        worker: worker.clone(),
+        run: Some(run),
+        limit: 100,
+        now: now(),
+        lease,
+    };
+    store.claim(req).await.must("claim")
 }
 
 fn now() -> Timestamp {

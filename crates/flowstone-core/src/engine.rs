@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::definitions::Definitions;
 use crate::ids::{AssetKey, RunId, WorkerId};
 use crate::io::IoManager;
+use crate::maintenance::{self, MaintenanceOptions};
 use crate::plan::{self, PartitionSelection, Plan, PlanError, Selection};
 use crate::store::{
     EventKind, Level, NewEvent, NewRun, RunRecord, RunState, Store, StoreError, Trigger,
@@ -50,6 +51,7 @@ impl EngineError {
             | EngineError::RunBusy { .. }
             | EngineError::RunEnded { .. }
             | EngineError::Invalid(_) => true,
+            EngineError::Store(StoreError::Conflict(_)) => true,
             EngineError::Store(_) | EngineError::Worker(_) => false,
         }
     }
@@ -286,26 +288,38 @@ impl Engine {
 
     /// Plans and queues a run, without working on it; `None` when there is
     /// nothing to do. [`Engine::resume`] (or [`Engine::serve_worker`]) runs it.
+    ///
+    /// A backfill that races another run for the same asset partitions (the
+    /// store refuses a second live step for one) is planned once more, which
+    /// leaves out what the other run took.
     pub async fn submit(
         &self,
         request: &RunRequest,
     ) -> Result<(Plan, Option<RunRecord>), EngineError> {
-        let mut plan = self.plan(request).await?;
-        if plan.steps.is_empty() {
-            return Ok((plan, None));
-        }
-        let now = Timestamp::now();
-        let run = self
-            .store
-            .create_run(NewRun {
-                id: RunId::new(),
-                trigger: request.trigger,
-                user: self.user.clone(),
-                description: plan.description.clone(),
-                created_at: now,
-                steps: std::mem::take(&mut plan.steps),
-            })
-            .await?;
+        let mut tries = 0;
+        let (plan, run) = loop {
+            tries += 1;
+            let mut plan = self.plan(request).await?;
+            if plan.steps.is_empty() {
+                return Ok((plan, None));
+            }
+            let created = self
+                .store
+                .create_run(NewRun {
+                    id: RunId::new(),
+                    trigger: request.trigger,
+                    user: self.user.clone(),
+                    description: plan.description.clone(),
+                    created_at: Timestamp::now(),
+                    steps: std::mem::take(&mut plan.steps),
+                })
+                .await;
+            match created {
+                Err(StoreError::Conflict(_))
+                    if tries < 3 && request.selection.leave_out_unready => {}
+                other => break (plan, other?),
+            }
+        };
         self.store
             .append_events(vec![run_event(
                 run.id,
@@ -498,9 +512,21 @@ impl Engine {
             ..WorkerOptions::default()
         };
         let store = self.store.clone();
+        // A single-process run also does the leader's work (unless another
+        // process leads), so that steps of workers that died are rescued.
+        let (maintain_stop, maintain_rx) = watch::channel(Stop::No);
+        let maintainer = tokio::spawn(maintenance::run_maintenance(
+            self.store.clone(),
+            shared.worker.clone(),
+            MaintenanceOptions::default(),
+            maintain_rx,
+        ));
         let task = tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let end = worker::run_loop(shared, opts, stop_rx, progress_tx.clone()).await?;
+            let end = worker::run_loop(shared, opts, stop_rx, progress_tx.clone()).await;
+            maintain_stop.send_replace(Stop::Drain);
+            let _ = maintainer.await;
+            let end = end?;
             let recorded = progress_tx.borrow().recorded;
             let interrupted = end == LoopEnd::Stopped;
             if interrupted {
@@ -539,12 +565,19 @@ impl Engine {
         }
     }
 
-    /// Runs a worker loop over the steps of every run until `stop` says so;
-    /// the base of a future `worker` command (issue 3).
+    /// Runs a worker loop over the steps of every run (`opts.run` is
+    /// ignored) until `stop` says so: [`Stop::Drain`] claims nothing more and
+    /// lets running steps finish, [`Stop::Abort`] hands them back to the queue
+    /// at once. `progress` counts what this worker recorded.
+    ///
+    /// # Errors
+    ///
+    /// A store failure the loop cannot go on from.
     pub async fn serve_worker(
         &self,
-        max_parallel: usize,
+        opts: WorkerOptions,
         stop: watch::Receiver<Stop>,
+        progress: watch::Sender<Progress>,
     ) -> Result<(), EngineError> {
         let shared = Arc::new(Shared {
             defs: self.defs.clone(),
@@ -552,14 +585,16 @@ impl Engine {
             default_io: self.default_io.clone(),
             worker: WorkerId::for_this_process(),
         });
-        let opts = WorkerOptions {
-            max_parallel,
-            run: None,
-            ..WorkerOptions::default()
-        };
-        let (progress, _) = watch::channel(Progress::default());
+        let opts = WorkerOptions { run: None, ..opts };
         worker::run_loop(shared, opts, stop, progress).await?;
         Ok(())
+    }
+
+    /// Runs the leader's maintenance loops (see [`crate::maintenance`]) until
+    /// `stop` says so; any number of processes may, one of them leads.
+    pub async fn maintain(&self, opts: MaintenanceOptions, stop: watch::Receiver<Stop>) {
+        maintenance::run_maintenance(self.store.clone(), WorkerId::for_this_process(), opts, stop)
+            .await;
     }
 }
 

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod io;
+pub mod maintenance;
 pub mod plan;
 pub mod query;
 pub mod store;

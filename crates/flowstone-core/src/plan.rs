@@ -76,6 +76,11 @@ pub enum PlanError {
     MissingUpstream { count: usize, examples: String },
     #[error("asset {asset}: {message}")]
     Mapping { asset: AssetKey, message: String },
+    #[error(
+        "{count} selected asset partition(s) are already queued or running in another run \
+         ({examples}); wait for that run, or stop it with `runs cancel RUN`"
+    )]
+    AlreadyQueued { count: usize, examples: String },
     #[error("no assets are defined")]
     NothingDefined,
     #[error(transparent)]
@@ -100,6 +105,11 @@ pub struct Plan {
     pub left_out: u64,
     /// A few of those missing upstream partitions.
     pub left_out_examples: Vec<String>,
+    /// Asset partitions left out of a backfill because another run has them
+    /// queued or running (the store keeps one live step per asset partition).
+    pub already_queued: u64,
+    /// A few of those, each with the run that holds it.
+    pub already_queued_examples: Vec<String>,
     /// A one-line description of the selection.
     pub description: String,
 }
@@ -200,6 +210,29 @@ pub async fn plan_refreshing(
         already_materialized = (before - targets.len()) as u64;
     }
 
+    // What another run holds live cannot be queued again (the store would
+    // refuse the run): a backfill leaves it out, a materialize refuses.
+    let mut live = Vec::new();
+    for chunk in targets.chunks(LOOKUP_CHUNK) {
+        live.extend(store.live_steps(chunk).await?);
+    }
+    let already_queued = live.len() as u64;
+    let already_queued_examples: Vec<String> = live
+        .iter()
+        .take(3)
+        .map(|(target, run)| format!("{target} in run {run}"))
+        .collect();
+    if !live.is_empty() {
+        if !selection.leave_out_unready {
+            return Err(PlanError::AlreadyQueued {
+                count: live.len(),
+                examples: already_queued_examples.join(", "),
+            });
+        }
+        let held: HashSet<AssetPartition> = live.into_iter().map(|(t, _)| t).collect();
+        targets.retain(|t| !held.contains(t));
+    }
+
     // Upstream first, then partition order, so step ids follow the natural order.
     let sort_index = |t: &AssetPartition| {
         let def = defs.asset(&t.asset).expect("planned assets are defined");
@@ -255,7 +288,8 @@ pub async fn plan_refreshing(
     }
     let missing: BTreeSet<&AssetPartition> = blocked.iter().flatten().collect();
     let left_out = blocked.iter().filter(|b| b.is_some()).count() as u64;
-    if left_out > 0 && (!selection.leave_out_unready || left_out == targets.len() as u64) {
+    let all_blocked = left_out == targets.len() as u64 && already_queued == 0;
+    if left_out > 0 && (!selection.leave_out_unready || all_blocked) {
         let examples: Vec<String> = missing.iter().take(5).map(|t| t.to_string()).collect();
         return Err(PlanError::MissingUpstream {
             count: missing.len(),
@@ -288,6 +322,8 @@ pub async fn plan_refreshing(
         already_materialized,
         left_out,
         left_out_examples,
+        already_queued,
+        already_queued_examples,
         description: describe(&selected, selection),
     })
 }

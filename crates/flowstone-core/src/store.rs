@@ -42,11 +42,53 @@ pub enum StoreError {
     /// A row holds a value this version cannot read.
     #[error("corrupt store row: {0}")]
     Corrupt(String),
+    /// The change would break a rule the store keeps across callers, e.g. a
+    /// second live step for an asset partition that another run has queued.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl StoreError {
     pub fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Backend(Box::new(err))
+    }
+
+    /// The [`StoreError::Conflict`] of a run that was refused because some of
+    /// its asset partitions have a live step elsewhere: `live` as
+    /// [`Store::live_steps`] found them after the refusal (empty when the run
+    /// named one asset partition twice, or the other run ended meanwhile).
+    pub fn live_conflict(run: &NewRun, live: &[(AssetPartition, RunId)]) -> Self {
+        if live.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let repeated = run.steps.iter().find(|s| !seen.insert(&s.target));
+            return StoreError::Conflict(match repeated {
+                Some(step) => format!(
+                    "run {} names {} twice; each asset partition is one step of a run",
+                    run.id, step.target
+                ),
+                None => format!(
+                    "run {} was refused: another run queued some of the same asset \
+                     partitions at the same moment; plan it again",
+                    run.id
+                ),
+            });
+        }
+        let examples: Vec<String> = live
+            .iter()
+            .take(3)
+            .map(|(target, other)| format!("{target} in run {other}"))
+            .collect();
+        StoreError::Conflict(format!(
+            "{} asset partition(s) of this run are already queued or running in another run \
+             ({}{}); wait for that run, or stop it with `runs cancel RUN`",
+            live.len(),
+            examples.join(", "),
+            if live.len() > examples.len() {
+                ", ..."
+            } else {
+                ""
+            },
+        ))
     }
 }
 
@@ -545,6 +587,30 @@ pub struct StepFailure {
     pub error: String,
 }
 
+/// A lease on a named role, such as the leader that runs maintenance.
+///
+/// `term` grows by one each time the lease passes to another holder, so a
+/// holder that lost the lease and comes back can tell, and the store can
+/// refuse maintenance done under an old term.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: WorkerId,
+    pub term: u64,
+    /// Until when the lease holds, by the store's clock.
+    pub expires_at: Timestamp,
+}
+
+/// What one pass of [`Store::rescue_expired`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rescued {
+    /// Steps put back as `retryable` (due at once), their attempt counted.
+    pub retried: Vec<StepId>,
+    /// Steps that had used their last attempt: now `failed`, their pending
+    /// downstream steps `skipped`.
+    pub failed: Vec<StepId>,
+}
+
 /// A worker process as registered in the store.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkerRecord {
@@ -636,12 +702,14 @@ pub trait Store: Send + Sync + 'static {
     async fn register_worker(&self, worker: &WorkerRecord) -> StoreResult<()>;
 
     /// Extends the lease of the worker's running steps and its heartbeat.
+    /// Returns `false` when the worker is not registered (the leader forgot
+    /// it after a long silence); it should register again.
     async fn heartbeat(
         &self,
         worker: &WorkerId,
         now: Timestamp,
         lease: jiff::SignedDuration,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
 
     async fn workers(&self) -> StoreResult<Vec<WorkerRecord>>;
 
@@ -702,4 +770,57 @@ pub trait Store: Send + Sync + 'static {
 
     /// Materializations of a run, in id order.
     async fn materializations_of_run(&self, run: RunId) -> StoreResult<Vec<MaterializationRecord>>;
+
+    /// Of `targets`, those with a live step (`pending`, `available`,
+    /// `running` or `retryable`), with the run that holds it. The store keeps
+    /// at most one live step per asset partition across all runs:
+    /// [`Store::create_run`] fails with [`StoreError::Conflict`] rather than
+    /// queue a second one.
+    async fn live_steps(
+        &self,
+        targets: &[AssetPartition],
+    ) -> StoreResult<Vec<(AssetPartition, RunId)>>;
+
+    // -- leases and maintenance ---------------------------------------------
+
+    /// Takes the lease `name` for `holder` until `now + ttl` when it is free or
+    /// has expired (a new term), or renews it when `holder` already holds it
+    /// (the same term). Returns the lease when `holder` holds it afterwards,
+    /// `None` when someone else does. The PostgreSQL store decides expiry on
+    /// the database clock.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &WorkerId,
+        ttl: jiff::SignedDuration,
+        now: Timestamp,
+    ) -> StoreResult<Option<Lease>>;
+
+    /// Gives up the lease if `lease.holder` still holds it in `lease.term`, so
+    /// another process can take it at once.
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
+
+    /// The lease `name` as it stands, expired or not.
+    async fn lease(&self, name: &str) -> StoreResult<Option<Lease>>;
+
+    /// Rescues `running` steps whose lease ran out (their worker stopped
+    /// heartbeating): back to `retryable`, due at once, when attempts remain,
+    /// else `failed` with their pending downstream steps `skipped`. Each move
+    /// is a compare-and-set on the running state and the expired lease, so a
+    /// step that completed a moment earlier stays completed. Does nothing
+    /// unless `lease` is still held in its term. Appends one event per step.
+    async fn rescue_expired(&self, lease: &Lease, now: Timestamp) -> StoreResult<Rescued>;
+
+    /// Deletes the registrations of workers whose last heartbeat is older than
+    /// `before`; returns how many.
+    async fn forget_workers(
+        &self,
+        lease: &Lease,
+        before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+
+    /// Runs still `running` that have no live step left (their last worker
+    /// ended before it could finish them), oldest first, at most `limit`.
+    async fn runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>>;
 }

@@ -144,7 +144,7 @@ pub(crate) async fn run_loop(
         heartbeat_at: Timestamp::now(),
     };
     store.register_worker(&record).await?;
-    let heartbeat = spawn_heartbeat(store.clone(), shared.worker.clone(), &opts);
+    let heartbeat = spawn_heartbeat(store.clone(), record, &opts);
 
     let result = claim_work_commit(&shared, &opts, &mut stop, &progress).await;
 
@@ -155,20 +155,35 @@ pub(crate) async fn run_loop(
     result
 }
 
+/// Renews the worker's claims and heartbeat every `opts.heartbeat`; registers
+/// the worker again if the leader forgot it after a long silence.
 fn spawn_heartbeat(
     store: Arc<dyn Store>,
-    worker: WorkerId,
+    record: WorkerRecord,
     opts: &WorkerOptions,
 ) -> tokio::task::JoinHandle<()> {
     let every = opts.heartbeat;
     let lease = opts.lease;
     tokio::spawn(async move {
+        let worker = &record.id;
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            if let Err(err) = store.heartbeat(&worker, Timestamp::now(), lease).await {
-                tracing::warn!(worker = %worker, error = %err, "heartbeat failed");
+            let now = Timestamp::now();
+            match store.heartbeat(worker, now, lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(worker = %worker, "worker was forgotten; registering again");
+                    let again = WorkerRecord {
+                        heartbeat_at: now,
+                        ..record.clone()
+                    };
+                    if let Err(err) = store.register_worker(&again).await {
+                        tracing::warn!(worker = %worker, error = %err, "cannot register again");
+                    }
+                }
+                Err(err) => tracing::warn!(worker = %worker, error = %err, "heartbeat failed"),
             }
         }
     })
@@ -198,9 +213,8 @@ async fn claim_work_commit(
 
         // Claim: fill the free slots (unless the commit just did).
         if signal == Stop::No && running.len() < max_parallel && !claimed_with_commit {
-            let claimed = store
-                .claim(claim_request(shared, opts, running.len()))
-                .await?;
+            let req = claim_request(shared, opts, running.len());
+            let claimed = retry("claim", stop, || store.claim(req.clone())).await?;
             spawn_claimed(shared, claimed, &mut tasks, &mut running).await;
         }
         claimed_with_commit = false;
@@ -211,14 +225,14 @@ async fn claim_work_commit(
                 return Ok(LoopEnd::Stopped);
             }
             if let Some(run) = opts.run {
-                let counts = store.step_counts(run).await?;
+                let counts = retry("step_counts", stop, || store.step_counts(run)).await?;
                 if counts.live() == 0 {
                     seen.steps = counts;
                     progress.send_replace(seen.clone());
                     return Ok(LoopEnd::RunDone);
                 }
             }
-            let wait = match store.next_retry_at(opts.run).await? {
+            let wait = match retry("next_retry_at", stop, || store.next_retry_at(opts.run)).await? {
                 Some(at) => {
                     let until = Timestamp::now().duration_until(at);
                     Duration::try_from(until).unwrap_or_default().min(opts.poll)
@@ -234,10 +248,11 @@ async fn claim_work_commit(
 
         // Work: wait for at least one step, then take every one that is ready.
         let mut batch = Vec::new();
+        let mut runs = HashSet::new();
         tokio::select! {
             joined = tasks.join_next_with_id() => {
                 if let Some(joined) = joined {
-                    batch.push(finished(joined, &mut running, shared));
+                    batch.push(finished(joined, &mut running, shared, &mut runs));
                 }
             }
             _ = stop.changed() => {
@@ -256,7 +271,7 @@ async fn claim_work_commit(
             }
         }
         while let Some(joined) = tasks.try_join_next_with_id() {
-            batch.push(finished(joined, &mut running, shared));
+            batch.push(finished(joined, &mut running, shared, &mut runs));
         }
 
         // Commit: one batch of completions, one of failures.
@@ -280,7 +295,7 @@ async fn claim_work_commit(
         // Failures first, so the steps they skip are never claimed below.
         if !failed.is_empty() {
             seen.failed += failed.iter().filter(|f| f.retry_at.is_none()).count() as u64;
-            store.fail(failed).await?;
+            retry("fail", stop, || store.fail(failed.clone())).await?;
         }
         if !done.is_empty() {
             // Completions and the next claim share one store call (one
@@ -290,7 +305,12 @@ async fn claim_work_commit(
             if *stop.borrow() != Stop::No {
                 next.limit = 0;
             }
-            let (outcomes, claimed) = store.complete_and_claim(done, next).await?;
+            // A retry after a lost answer is safe: what was recorded is
+            // fenced the second time.
+            let (outcomes, claimed) = retry("complete_and_claim", stop, || {
+                store.complete_and_claim(done.clone(), next.clone())
+            })
+            .await?;
             seen.recorded += outcomes
                 .iter()
                 .filter(|o| matches!(o, crate::store::Outcome::Recorded(_)))
@@ -299,14 +319,59 @@ async fn claim_work_commit(
             spawn_claimed(shared, claimed, &mut tasks, &mut running).await;
         }
 
+        // A worker serving every run finishes the runs whose last step it
+        // just recorded; a worker on one run leaves that to its caller.
+        if opts.run.is_none() {
+            for run in runs {
+                let counts = retry("step_counts", stop, || store.step_counts(run)).await?;
+                if counts.live() == 0 {
+                    retry("finish_run", stop, || finish_run(store.as_ref(), run)).await?;
+                }
+            }
+        }
+
         // Progress, at most every 100 ms.
         if let Some(run) = opts.run
             && last_counts.elapsed() >= Duration::from_millis(100)
         {
-            seen.steps = store.step_counts(run).await?;
+            seen.steps = retry("step_counts", stop, || store.step_counts(run)).await?;
             last_counts = std::time::Instant::now();
         }
         progress.send_replace(seen.clone());
+    }
+}
+
+/// How long a worker keeps retrying a store call that fails for a reason
+/// that may pass (a lost connection, a database restarting).
+const RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Calls the store until it answers, backing off from 50 ms to 2 s, while
+/// the failure is [`StoreError::Backend`] (one that may pass), for at most
+/// [`RETRY_FOR`], and unless the loop is told to abort.
+async fn retry<T, F, Fut>(
+    what: &str,
+    stop: &watch::Receiver<Stop>,
+    mut call: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(err @ StoreError::Backend(_))
+                if started.elapsed() < RETRY_FOR && *stop.borrow() != Stop::Abort =>
+            {
+                tracing::warn!(call = what, error = %err, retry_in_ms = delay.as_millis() as u64,
+                               "store call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 
@@ -341,19 +406,24 @@ async fn spawn_claimed(
 }
 
 /// Turns a joined task into a result to commit; a panic becomes a failure.
+/// Adds the step's run to `runs`.
 fn finished(
     joined: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
     running: &mut HashMap<tokio::task::Id, (ClaimedStep, Timestamp)>,
     shared: &Shared,
+    runs: &mut HashSet<RunId>,
 ) -> Finished {
     match joined {
         Ok((id, result)) => {
-            running.remove(&id);
+            if let Some((step, _)) = running.remove(&id) {
+                runs.insert(step.run_id);
+            }
             result
         }
         Err(err) => {
             let id = err.id();
             let (step, started) = running.remove(&id).expect("every task is tracked");
+            runs.insert(step.run_id);
             let message = match err.try_into_panic() {
                 Ok(payload) => {
                     let text = payload

@@ -26,6 +26,7 @@
 //! [`Outcome::Fenced`]: flowstone_core::store::Outcome::Fenced
 
 mod codec;
+mod maintain;
 mod read;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -37,9 +38,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowstone_core::store::{
-    ClaimRequest, ClaimedStep, Completion, EventRecord, Failure, LineageEdge,
-    MaterializationRecord, NewEvent, NewRun, Outcome, PartitionRecord, RunRecord, RunState,
-    StepCounts, StepRecord, StoreError, StoreResult, WorkerRecord,
+    ClaimRequest, ClaimedStep, Completion, EventRecord, Failure, Lease, LineageEdge,
+    MaterializationRecord, NewEvent, NewRun, Outcome, PartitionRecord, Rescued, RunRecord,
+    RunState, StepCounts, StepRecord, StoreError, StoreResult, WorkerRecord,
 };
 use flowstone_core::{
     AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, Store, WorkerId,
@@ -194,7 +195,7 @@ impl Store for PostgresStore {
         worker: &WorkerId,
         now: Timestamp,
         lease: jiff::SignedDuration,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         self.write_heartbeat(worker, now, lease).await
     }
 
@@ -273,5 +274,47 @@ impl Store for PostgresStore {
 
     async fn materializations_of_run(&self, run: RunId) -> StoreResult<Vec<MaterializationRecord>> {
         self.read_materializations_of_run(run).await
+    }
+
+    async fn live_steps(
+        &self,
+        targets: &[AssetPartition],
+    ) -> StoreResult<Vec<(AssetPartition, RunId)>> {
+        self.read_live_steps(targets).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &WorkerId,
+        ttl: jiff::SignedDuration,
+        _now: Timestamp,
+    ) -> StoreResult<Option<Lease>> {
+        self.write_acquire_lease(name, holder, ttl).await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        self.write_release_lease(lease).await
+    }
+
+    async fn lease(&self, name: &str) -> StoreResult<Option<Lease>> {
+        self.read_lease(name).await
+    }
+
+    async fn rescue_expired(&self, lease: &Lease, now: Timestamp) -> StoreResult<Rescued> {
+        self.write_rescue_expired(lease, now).await
+    }
+
+    async fn forget_workers(
+        &self,
+        lease: &Lease,
+        before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.write_forget_workers(lease, before, now).await
+    }
+
+    async fn runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>> {
+        self.read_runs_without_live_steps(limit).await
     }
 }

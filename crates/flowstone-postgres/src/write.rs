@@ -40,7 +40,8 @@ macro_rules! claim_sql {
             "WITH picked AS ( \
                  SELECT id FROM steps \
                  WHERE state IN ('available', 'retryable') \
-                   AND (state = 'available' OR scheduled_at <= now()) ",
+                   AND (state = 'available' OR scheduled_at <= now()) \
+                   AND run_id IN (SELECT id FROM runs WHERE state = 'running') ",
             $run_filter,
             "    ORDER BY priority DESC, scheduled_at, id \
                  LIMIT $4 \
@@ -56,7 +57,8 @@ macro_rules! claim_sql {
     };
 }
 
-/// Claims from every run.
+/// Claims from every `running` run (an interrupted run is paused for every
+/// worker until it is resumed).
 const CLAIM_ANY: &str = claim_sql!("");
 
 /// Claims from one run (`$5`).
@@ -231,7 +233,9 @@ impl PostgresStore {
             priorities.push(step.priority);
             waits.push(i32::try_from(ups.len()).unwrap_or(i32::MAX));
         }
-        sqlx::query(
+        // The unique index on live steps refuses an asset partition that
+        // another run holds live; the run is then not created at all.
+        let inserted = sqlx::query(
             "INSERT INTO steps (id, run_id, asset_key, partition_key, state, max_attempts, \
                  priority, scheduled_at, upstream_remaining) \
              SELECT t.id, $1, t.asset_key, t.partition_key, t.state, t.max_attempts, \
@@ -250,8 +254,17 @@ impl PostgresStore {
         .bind(&priorities)
         .bind(&waits)
         .execute(&mut *tx)
-        .await
-        .db()?;
+        .await;
+        if let Err(err) = inserted {
+            if !is_live_conflict(&err) {
+                return Err(StoreError::backend(err));
+            }
+            // Roll back, then name what is live elsewhere.
+            tx.rollback().await.db()?;
+            let targets: Vec<AssetPartition> = run.steps.iter().map(|s| s.target.clone()).collect();
+            let live = self.read_live_steps(&targets).await?;
+            return Err(StoreError::live_conflict(&run, &live));
+        }
 
         let (ups, downs): (Vec<i64>, Vec<i64>) = upstream
             .iter()
@@ -378,27 +391,7 @@ impl PostgresStore {
         }
 
         // Skip: everything pending downstream of a final failure.
-        if !failed.is_empty() {
-            let skipped = sqlx::query(SKIP_DOWNSTREAM)
-                .bind(&failed)
-                .bind(&causes)
-                .bind(PgTime(skipped_at))
-                .fetch_all(&mut *tx)
-                .await
-                .db()?;
-            for row in &skipped {
-                let error: Option<String> = row.try_get("error").db()?;
-                events.push(&NewEvent {
-                    run_id: codec::run_id(row, "run_id")?,
-                    step_id: Some(StepId(row.try_get("id").db()?)),
-                    at: skipped_at,
-                    kind: EventKind::StepSkipped,
-                    level: Level::Warn,
-                    message: error.unwrap_or_default(),
-                    data: serde_json::Value::Null,
-                });
-            }
-        }
+        skip_downstream_in(&mut tx, &failed, &causes, skipped_at, &mut events).await?;
         events.insert(&mut tx).await?;
 
         tx.commit().await.db()?;
@@ -552,10 +545,10 @@ impl PostgresStore {
         worker: &WorkerId,
         now: Timestamp,
         lease: jiff::SignedDuration,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         // One statement: the leases run from the database clock, the
         // heartbeat records the worker's.
-        sqlx::query(
+        let registered = sqlx::query(
             "WITH leases AS ( \
                  UPDATE steps SET lease_until = now() + $3 * interval '1 microsecond' \
                  WHERE state = 'running' AND worker = $1) \
@@ -566,8 +559,9 @@ impl PostgresStore {
         .bind(codec::lease_micros(lease))
         .execute(&self.pool)
         .await
-        .db()?;
-        Ok(())
+        .db()?
+        .rows_affected();
+        Ok(registered > 0)
     }
 
     pub(crate) async fn write_deregister_worker(&self, worker: &WorkerId) -> StoreResult<()> {
@@ -703,6 +697,41 @@ async fn claim_in(conn: &mut PgConnection, req: &ClaimRequest) -> StoreResult<Ve
     Ok(claimed.into_iter().map(|(_, step)| step).collect())
 }
 
+/// Skips, inside the caller's transaction, every pending step downstream of
+/// the `failed` steps (each with its cause), adding one `step_skipped` event
+/// per skipped step to `events`.
+pub(crate) async fn skip_downstream_in(
+    conn: &mut PgConnection,
+    failed: &[i64],
+    causes: &[String],
+    at: Timestamp,
+    events: &mut EventColumns,
+) -> StoreResult<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let skipped = sqlx::query(SKIP_DOWNSTREAM)
+        .bind(failed)
+        .bind(causes)
+        .bind(PgTime(at))
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+    for row in &skipped {
+        let error: Option<String> = row.try_get("error").db()?;
+        events.push(&NewEvent {
+            run_id: codec::run_id(row, "run_id")?,
+            step_id: Some(StepId(row.try_get("id").db()?)),
+            at,
+            kind: EventKind::StepSkipped,
+            level: Level::Warn,
+            message: error.unwrap_or_default(),
+            data: serde_json::Value::Null,
+        });
+    }
+    Ok(())
+}
+
 /// The fenced claims of a batch, one array per column.
 #[derive(Default)]
 struct FenceColumns<'a> {
@@ -721,7 +750,7 @@ impl<'a> FenceColumns<'a> {
 
 /// Events to insert, one array per column.
 #[derive(Default)]
-struct EventColumns {
+pub(crate) struct EventColumns {
     runs: Vec<Uuid>,
     steps: Vec<Option<i64>>,
     at: Vec<PgTime>,
@@ -732,7 +761,7 @@ struct EventColumns {
 }
 
 impl EventColumns {
-    fn push(&mut self, e: &NewEvent) {
+    pub(crate) fn push(&mut self, e: &NewEvent) {
         self.runs.push(e.run_id.0);
         self.steps.push(e.step_id.map(|s| s.0));
         self.at.push(PgTime(e.at));
@@ -743,7 +772,7 @@ impl EventColumns {
     }
 
     /// Inserts the events, if any, in the order pushed.
-    async fn insert(self, conn: &mut PgConnection) -> StoreResult<()> {
+    pub(crate) async fn insert(self, conn: &mut PgConnection) -> StoreResult<()> {
         if self.runs.is_empty() {
             return Ok(());
         }
@@ -838,6 +867,13 @@ async fn insert_materializations(
             })
         })
         .collect()
+}
+
+/// Whether `err` is the unique index on live steps refusing a second live
+/// step for an asset partition.
+fn is_live_conflict(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|db| db.constraint() == Some("steps_live_target"))
 }
 
 /// Logs each fenced item at debug: a worker lost its claim, which is worth

@@ -62,4 +62,12 @@ cases!(
     release_returns_steps_to_queue,
     heartbeat_and_workers,
     complete_and_claim_takes_what_it_released,
+    one_live_step_per_target,
+    racing_runs_leave_one_live_step,
+    claims_skip_runs_not_running,
+    lease_has_one_holder_and_terms,
+    rescue_expired_retries_or_fails,
+    rescue_leaves_completed_and_renewed_steps,
+    maintenance_is_fenced_by_the_lease,
+    runs_without_live_steps_and_forgotten_workers,
 );

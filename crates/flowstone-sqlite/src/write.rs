@@ -33,7 +33,8 @@ use crate::codec::{self, DbResult, micros};
 /// Steps inserted per statement by `create_run`, to bound the JSON parameter.
 const INSERT_CHUNK: usize = 4096;
 
-/// Claims from every run.
+/// Claims from every `running` run (an interrupted run is paused for every
+/// worker until it is resumed).
 const CLAIM_ANY: &str = "UPDATE steps \
      SET state = 'running', attempt = attempt + 1, worker = ?1, started_at = ?2, \
          lease_until = ?3, finished_at = NULL \
@@ -42,11 +43,13 @@ const CLAIM_ANY: &str = "UPDATE steps \
              SELECT * FROM ( \
                  SELECT id, priority, scheduled_at FROM steps \
                  WHERE state = 'available' \
+                   AND run_id IN (SELECT id FROM runs WHERE state = 'running') \
                  ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
              UNION ALL \
              SELECT * FROM ( \
                  SELECT id, priority, scheduled_at FROM steps \
                  WHERE state = 'retryable' AND scheduled_at <= ?2 \
+                   AND run_id IN (SELECT id FROM runs WHERE state = 'running') \
                  ORDER BY priority DESC, scheduled_at, id LIMIT ?4)) \
          ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
      RETURNING id, run_id, asset_key, partition_key, attempt, max_attempts, priority, \
@@ -54,11 +57,11 @@ const CLAIM_ANY: &str = "UPDATE steps \
          (SELECT triggered_by FROM runs WHERE runs.id = steps.run_id) AS triggered_by, \
          (SELECT user_name FROM runs WHERE runs.id = steps.run_id) AS user_name";
 
-/// Claims from one run (`?5`).
+/// Claims from one run (`?5`), while it is `running`.
 const CLAIM_RUN: &str = "UPDATE steps \
      SET state = 'running', attempt = attempt + 1, worker = ?1, started_at = ?2, \
          lease_until = ?3, finished_at = NULL \
-     WHERE id IN ( \
+     WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?5 AND state = 'running') AND id IN ( \
          SELECT id FROM ( \
              SELECT * FROM ( \
                  SELECT id, priority, scheduled_at FROM steps \
@@ -197,7 +200,7 @@ impl SqliteStore {
                     ])
                 })
                 .collect();
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO steps (id, run_id, asset_key, partition_key, state, attempt, \
                      max_attempts, priority, scheduled_at, upstream_remaining) \
                  SELECT value ->> 0, ?1, value ->> 1, value ->> 2, value ->> 3, 0, \
@@ -208,8 +211,18 @@ impl SqliteStore {
             .bind(micros(run.created_at))
             .bind(serde_json::Value::Array(items).to_string())
             .execute(&mut *tx)
-            .await
-            .db()?;
+            .await;
+            if let Err(err) = inserted {
+                if !is_live_conflict(&err) {
+                    return Err(StoreError::backend(err));
+                }
+                // Roll back, then name what is live elsewhere.
+                drop(tx);
+                let targets: Vec<AssetPartition> =
+                    run.steps.iter().map(|s| s.target.clone()).collect();
+                let live = crate::maintain::live_steps_in(&mut conn, &targets).await?;
+                return Err(StoreError::live_conflict(&run, &live));
+            }
         }
 
         let edges: Vec<serde_json::Value> = upstream
@@ -339,34 +352,8 @@ impl SqliteStore {
         }
 
         // Skip: everything pending downstream of a final failure.
-        if !causes.is_empty() {
-            let skipped = sqlx::query(SKIP_DOWNSTREAM)
-                .bind(serde_json::Value::Array(causes).to_string())
-                .bind(micros(skipped_at))
-                .fetch_all(&mut *tx)
-                .await
-                .db()?;
-            for row in skipped {
-                let run: String = row.try_get("run_id").db()?;
-                let error: Option<String> = row.try_get("error").db()?;
-                events.push(codec::event_json(&NewEvent {
-                    run_id: codec::run_id("steps.run_id", &run)?,
-                    step_id: Some(StepId(row.try_get("id").db()?)),
-                    at: skipped_at,
-                    kind: EventKind::StepSkipped,
-                    level: Level::Warn,
-                    message: error.unwrap_or_default(),
-                    data: serde_json::Value::Null,
-                }));
-            }
-        }
-        if !events.is_empty() {
-            sqlx::query(codec::INSERT_EVENTS)
-                .bind(serde_json::Value::Array(events).to_string())
-                .execute(&mut *tx)
-                .await
-                .db()?;
-        }
+        events.extend(skip_downstream_in(&mut tx, causes, skipped_at).await?);
+        insert_events_in(&mut tx, events).await?;
 
         tx.commit().await.db()?;
         log_fenced("fail", &batch, &outcomes, |f| {
@@ -420,13 +407,7 @@ impl SqliteStore {
             }));
             released.push(id);
         }
-        if !events.is_empty() {
-            sqlx::query(codec::INSERT_EVENTS)
-                .bind(serde_json::Value::Array(events).to_string())
-                .execute(&mut *tx)
-                .await
-                .db()?;
-        }
+        insert_events_in(&mut tx, events).await?;
 
         tx.commit().await.db()?;
         released.sort();
@@ -539,7 +520,7 @@ impl SqliteStore {
         worker: &WorkerId,
         now: Timestamp,
         lease: jiff::SignedDuration,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
         sqlx::query("UPDATE steps SET lease_until = ?2 WHERE state = 'running' AND worker = ?1")
@@ -548,14 +529,15 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .db()?;
-        sqlx::query("UPDATE workers SET heartbeat_at = ?2 WHERE id = ?1")
+        let registered = sqlx::query("UPDATE workers SET heartbeat_at = ?2 WHERE id = ?1")
             .bind(worker.0.clone())
             .bind(micros(now))
             .execute(&mut *tx)
             .await
-            .db()?;
+            .db()?
+            .rows_affected();
         tx.commit().await.db()?;
-        Ok(())
+        Ok(registered > 0)
     }
 
     pub(crate) async fn write_deregister_worker(&self, worker: &WorkerId) -> StoreResult<()> {
@@ -567,6 +549,64 @@ impl SqliteStore {
             .db()?;
         Ok(())
     }
+}
+
+/// Skips, inside the caller's transaction, every pending step downstream of
+/// the failed steps in `causes` (items `[step, cause]`); returns one
+/// `step_skipped` event (as JSON for [`codec::INSERT_EVENTS`]) per skipped step.
+pub(crate) async fn skip_downstream_in(
+    conn: &mut SqliteConnection,
+    causes: Vec<serde_json::Value>,
+    at: Timestamp,
+) -> StoreResult<Vec<serde_json::Value>> {
+    if causes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let skipped = sqlx::query(SKIP_DOWNSTREAM)
+        .bind(serde_json::Value::Array(causes).to_string())
+        .bind(micros(at))
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+    let mut events = Vec::with_capacity(skipped.len());
+    for row in skipped {
+        let run: String = row.try_get("run_id").db()?;
+        let error: Option<String> = row.try_get("error").db()?;
+        events.push(codec::event_json(&NewEvent {
+            run_id: codec::run_id("steps.run_id", &run)?,
+            step_id: Some(StepId(row.try_get("id").db()?)),
+            at,
+            kind: EventKind::StepSkipped,
+            level: Level::Warn,
+            message: error.unwrap_or_default(),
+            data: serde_json::Value::Null,
+        }));
+    }
+    Ok(events)
+}
+
+/// Inserts events (as JSON from [`codec::event_json`]), if any, inside the
+/// caller's transaction.
+pub(crate) async fn insert_events_in(
+    conn: &mut SqliteConnection,
+    events: Vec<serde_json::Value>,
+) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(codec::INSERT_EVENTS)
+        .bind(serde_json::Value::Array(events).to_string())
+        .execute(&mut *conn)
+        .await
+        .db()?;
+    Ok(())
+}
+
+/// Whether `err` is the unique index on live steps refusing a second live
+/// step for an asset partition.
+fn is_live_conflict(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|db| db.message().contains("steps_live_target"))
 }
 
 /// Logs each fenced item at debug: a worker lost its claim, which is worth

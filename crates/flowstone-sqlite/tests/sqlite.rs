@@ -543,10 +543,13 @@ fn one_step_run() -> NewRun {
 }
 
 /// `n` pairs `raw[p] -> clean[p]`.
+/// `n` raw -> clean pairs; the partition keys carry the run id, so that runs
+/// never share a live asset partition.
 fn pairs_run(n: usize) -> NewRun {
+    let id = RunId::new();
     let mut steps = Vec::with_capacity(2 * n);
     for i in 0..n {
-        let partition = Some(format!("2013-01-{:02}-{i}", i % 28 + 1).into());
+        let partition = Some(format!("2013-01-{:02}-{i}-{id}", i % 28 + 1).into());
         steps.push(NewStep {
             target: AssetPartition::new(key("raw"), partition),
             upstream: vec![],
@@ -564,7 +567,7 @@ fn pairs_run(n: usize) -> NewRun {
         });
     }
     NewRun {
-        id: RunId::new(),
+        id,
         trigger: Trigger::Cli,
         user: "test".into(),
         description: "sqlite test".into(),

@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   failed, 2 bad usage or input, 130 interrupted (Ctrl-C)."
 )]
 pub struct Cli {
-    /// Where the record lives: a directory, a `.db` file or `sqlite://PATH`.
+    /// Where the record lives: a directory, a `.db` file, `sqlite://PATH`, or
+    /// `postgres://USER@HOST/DB` for a store that workers on many machines share.
     #[arg(long, global = true, env = "FLOWSTONE_STORE", value_name = "URL")]
     pub store: Option<String>,
 
@@ -60,6 +61,64 @@ pub enum Command {
     Events(EventsArgs),
     /// Print the stored value of an asset partition as JSON.
     Show(ShowArgs),
+    /// Work on the queued steps of every run until stopped; start one per
+    /// machine (or several) beside a shared PostgreSQL store.
+    Worker(WorkerArgs),
+    /// Run only the leader's maintenance: rescue steps of workers that died,
+    /// finish runs they left behind, forget silent workers.
+    Daemon(DaemonArgs),
+    /// List the workers registered in the store and the current leader.
+    Workers,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Steps run at once by this worker [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub concurrency: Option<u16>,
+
+    /// How long a claimed step is held without a heartbeat before the leader
+    /// rescues it (e.g. 30s, 2m); heartbeats go out at a quarter of it.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration)]
+    pub lease: jiff::SignedDuration,
+
+    /// On SIGTERM or Ctrl-C, how long running steps may take to finish before
+    /// they are handed back to the queue for another worker.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
+    pub drain_timeout: jiff::SignedDuration,
+
+    /// Do not take part in electing the leader that runs maintenance (run a
+    /// `daemon` somewhere instead).
+    #[arg(long)]
+    pub no_maintenance: bool,
+
+    #[command(flatten)]
+    pub maintenance: MaintenanceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub maintenance: MaintenanceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
+    /// How long the leader's lease lasts; another process takes over within
+    /// this time after the leader dies.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
+    pub leader_lease: jiff::SignedDuration,
+}
+
+/// A positive duration such as `30s`, `2m`, `1h 30m` or `500ms`.
+fn duration(text: &str) -> Result<jiff::SignedDuration, String> {
+    let parsed: jiff::SignedDuration = text.trim().parse().map_err(|_| {
+        format!("{text:?} is not a duration; write it like 30s, 500ms, 2m or 1h 30m")
+    })?;
+    if parsed <= jiff::SignedDuration::ZERO {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(parsed)
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@
 //! failed), 2 bad usage or input.
 
 mod args;
+mod cluster;
 mod output;
 mod progress;
 
@@ -161,6 +162,8 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
         cli.command,
         Command::Materialize(_)
             | Command::Backfill(_)
+            | Command::Worker(_)
+            | Command::Daemon(_)
             | Command::Runs(RunsCommand::Resume { .. } | RunsCommand::Cancel { .. })
     );
     if let Some(location) = &cli.store
@@ -276,6 +279,9 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
             ctx.printer.value(&record, &value);
             Ok(EXIT_OK)
         }
+        Command::Worker(args) => cluster::worker(&ctx, args).await,
+        Command::Daemon(args) => cluster::daemon(&ctx, args).await,
+        Command::Workers => cluster::workers(&ctx).await,
     }
 }
 

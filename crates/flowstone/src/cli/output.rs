@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use flowstone_core::query::{AssetStatus, ImpactEntry, Lineage, PartitionState};
-use flowstone_core::store::{EventRecord, MaterializationRecord, RunRecord, RunState, StepRecord};
+use flowstone_core::store::{
+    EventRecord, Lease, MaterializationRecord, RunRecord, RunState, StepRecord, WorkerRecord,
+};
 use flowstone_core::{AssetPartition, Definitions, Plan, RunId, RunOutcome};
 use flowstone_partitions::PartitionsDef;
 use jiff::Timestamp;
@@ -127,14 +129,28 @@ impl Printer {
 
     pub(crate) fn nothing_to_do(&self, plan: &Plan, store: &str) {
         let already = plan.already_materialized;
+        let queued = plan.already_queued;
         if self.json {
-            self.emit(&json!({ "run": null, "already_materialized": already, "store": store }));
+            self.emit(&json!({
+                "run": null,
+                "already_materialized": already,
+                "already_queued": queued,
+                "store": store,
+            }));
             return;
         }
-        outln!(
-            "nothing to do: all {already} selected asset partitions are already materialized \
-             (use --force to run them again)\nstore: {store}"
-        );
+        if queued == 0 {
+            outln!(
+                "nothing to do: all {already} selected asset partitions are already materialized \
+                 (use --force to run them again)\nstore: {store}"
+            );
+        } else {
+            outln!(
+                "nothing to do: {already} selected asset partitions are already materialized and \
+                 {queued} are queued or running in other runs (e.g. {})\nstore: {store}",
+                plan.already_queued_examples.join(", ")
+            );
+        }
     }
 
     pub(crate) fn run_started(&self, run: &RunRecord, plan: &Plan) {
@@ -155,6 +171,13 @@ impl Printer {
             "run {} started: {} ({steps} {noun}{notes})",
             run.id, run.description
         );
+        if plan.already_queued > 0 {
+            eprintln!(
+                "left out {} asset partition(s) already queued or running in other runs, e.g. {}",
+                plan.already_queued,
+                plan.already_queued_examples.join(", ")
+            );
+        }
         if plan.left_out > 0 {
             eprintln!(
                 "left out {} asset partition(s) whose upstream is not materialized, e.g. {}; \
@@ -387,6 +410,41 @@ impl Printer {
     }
 
     /// `orphaned`: no live worker holds the runs that say `running`.
+    pub(crate) fn workers(&self, workers: &[WorkerRecord], leader: Option<&Lease>) {
+        if self.json {
+            self.emit(&json!({ "workers": workers, "leader": leader }));
+            return;
+        }
+        match leader {
+            Some(lease) => outln!(
+                "leader: {} (term {}, lease until {})",
+                lease.holder,
+                lease.term,
+                short_time(lease.expires_at)
+            ),
+            None => outln!("leader: none (a worker, daemon or run takes the lease when it starts)"),
+        }
+        if workers.is_empty() {
+            outln!("no workers registered");
+            return;
+        }
+        let mut rows = vec![
+            ["WORKER", "HOST", "PID", "STARTED", "LAST HEARTBEAT"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for w in workers {
+            rows.push(vec![
+                w.id.to_string(),
+                w.host.clone(),
+                w.pid.to_string(),
+                short_time(w.started_at),
+                short_time(w.heartbeat_at),
+            ]);
+        }
+        out!("{}", table(&rows));
+    }
+
     pub(crate) fn runs(&self, runs: &[RunRecord], orphaned: bool) {
         if self.json {
             self.emit(&runs);
