@@ -88,6 +88,10 @@ impl Store for TimedStore {
         self.inner.describe()
     }
 
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<flowstone::store::Notice>> {
+        self.inner.notices()
+    }
+
     async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
         let steps = run.steps.len() as u64;
         self.timed("create_run", |_| steps, self.inner.create_run(run))
@@ -205,6 +209,11 @@ impl Store for TimedStore {
 
     async fn step_counts(&self, run: RunId) -> StoreResult<StepCounts> {
         self.timed("step_counts", none, self.inner.step_counts(run))
+            .await
+    }
+
+    async fn has_live_steps(&self, run: RunId) -> StoreResult<bool> {
+        self.timed("has_live_steps", none, self.inner.has_live_steps(run))
             .await
     }
 

@@ -1921,7 +1921,8 @@ pub async fn runs_without_live_steps_and_forgotten_workers(store: Arc<dyn Store>
         vec![run.id],
         "only the run whose steps all ended"
     );
-    let _ = open;
+    assert!(!store.has_live_steps(run.id).await.must("has_live_steps"));
+    assert!(store.has_live_steps(open.id).await.must("has_live_steps"));
 
     let old = WorkerRecord {
         id: worker("old"),

@@ -611,6 +611,14 @@ pub struct Rescued {
     pub failed: Vec<StepId>,
 }
 
+/// Pushed by a store after a commit that appended events to a run (which
+/// every change that makes steps claimable does): a wake-up for idle
+/// workers and a cue for live views to read the run's new events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Notice {
+    pub run: RunId,
+}
+
 /// A worker process as registered in the store.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkerRecord {
@@ -635,6 +643,14 @@ pub struct WorkerRecord {
 pub trait Store: Send + Sync + 'static {
     /// A human-readable location, e.g. the SQLite file path.
     fn describe(&self) -> String;
+
+    /// Notices of commits that appended events, from this process or, where
+    /// the backend can tell (PostgreSQL's LISTEN/NOTIFY), from any process;
+    /// `None` when the backend pushes nothing. Notices may be dropped (a
+    /// slow receiver, a lost connection): callers still poll, less often.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
 
     // -- runs and the queue ------------------------------------------------
 
@@ -725,6 +741,12 @@ pub trait Store: Send + Sync + 'static {
     async fn steps(&self, run: RunId) -> StoreResult<Vec<StepRecord>>;
 
     async fn step_counts(&self, run: RunId) -> StoreResult<StepCounts>;
+
+    /// Whether the run has a live step (`pending`, `available`, `running` or
+    /// `retryable`); cheaper than counting them.
+    async fn has_live_steps(&self, run: RunId) -> StoreResult<bool> {
+        Ok(self.step_counts(run).await?.live() > 0)
+    }
 
     /// Workers holding `running` steps of the run.
     async fn running_workers(&self, run: RunId) -> StoreResult<Vec<WorkerId>>;

@@ -206,6 +206,10 @@ async fn claim_work_commit(
         progress.send_replace(seen.clone());
     }
 
+    // Wake-ups pushed after other commits (other workers' completions, new
+    // runs); the loop also polls every `opts.poll`.
+    let mut notices = store.notices();
+
     // Whether the last commit already claimed for the free slots.
     let mut claimed_with_commit = false;
     loop {
@@ -242,6 +246,7 @@ async fn claim_work_commit(
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
+                _ = next_notice(&mut notices, opts.run) => {}
             }
             continue;
         }
@@ -323,8 +328,7 @@ async fn claim_work_commit(
         // just recorded; a worker on one run leaves that to its caller.
         if opts.run.is_none() {
             for run in runs {
-                let counts = retry("step_counts", stop, || store.step_counts(run)).await?;
-                if counts.live() == 0 {
+                if !retry("has_live_steps", stop, || store.has_live_steps(run)).await? {
                     retry("finish_run", stop, || finish_run(store.as_ref(), run)).await?;
                 }
             }
@@ -338,6 +342,29 @@ async fn claim_work_commit(
             last_counts = std::time::Instant::now();
         }
         progress.send_replace(seen.clone());
+    }
+}
+
+/// The next notice for `run` (any run when `None`); never, without notices.
+async fn next_notice(
+    notices: &mut Option<tokio::sync::broadcast::Receiver<crate::store::Notice>>,
+    run: Option<RunId>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(receiver) = notices else {
+        return std::future::pending().await;
+    };
+    loop {
+        match receiver.recv().await {
+            Ok(notice) if run.is_none_or(|r| r == notice.run) => return,
+            Ok(_) => {}
+            // Missed some: look at the queue anyway.
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => {
+                *notices = None;
+                return std::future::pending().await;
+            }
+        }
     }
 }
 

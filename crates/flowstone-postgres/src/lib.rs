@@ -39,15 +39,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flowstone_core::store::{
     ClaimRequest, ClaimedStep, Completion, EventRecord, Failure, Lease, LineageEdge,
-    MaterializationRecord, NewEvent, NewRun, Outcome, PartitionRecord, Rescued, RunRecord,
+    MaterializationRecord, NewEvent, NewRun, Notice, Outcome, PartitionRecord, Rescued, RunRecord,
     RunState, StepCounts, StepRecord, StoreError, StoreResult, WorkerRecord,
 };
 use flowstone_core::{
     AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, Store, WorkerId,
 };
 use jiff::Timestamp;
-use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 pub use url::redact;
 
@@ -68,6 +68,10 @@ pub struct PostgresStore {
     /// What [`Store::describe`] prints: the URL without its password.
     describe: String,
     pool: PgPool,
+    /// Notices from the `flowstone` channel, fed by one listening connection
+    /// started at the first call to [`Store::notices`].
+    notices: tokio::sync::broadcast::Sender<Notice>,
+    listening: std::sync::OnceLock<()>,
 }
 
 impl PostgresStore {
@@ -89,7 +93,11 @@ impl PostgresStore {
                  postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ))
         })?;
-        let options = options.application_name("flowstone");
+        // A statement slower than a second is worth a debug line, not a
+        // warning on every user's terminal (a loaded machine makes some).
+        let options = options
+            .application_name("flowstone")
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let cannot_connect = |err: &dyn std::fmt::Display| {
             StoreError::Config(format!("cannot connect to PostgreSQL at {shown}: {err}"))
         };
@@ -112,7 +120,68 @@ impl PostgresStore {
         Ok(PostgresStore {
             describe: shown,
             pool,
+            notices: tokio::sync::broadcast::channel(1024).0,
+            listening: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts the task that LISTENs on the `flowstone` channel and forwards
+    /// each notification as a [`Notice`]; it reconnects after a lost
+    /// connection (notices sent meanwhile are lost; callers also poll) and
+    /// ends when the store is dropped.
+    fn start_listening(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        let sender = self.notices.downgrade();
+        let shown = self.describe.clone();
+        runtime.spawn(async move {
+            loop {
+                match listen(&pool, &sender).await {
+                    Ok(()) => return,
+                    Err(err) => {
+                        tracing::warn!(store = %shown, error = %err,
+                                       "LISTEN connection lost; reconnecting in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                if sender.upgrade().is_none() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Forwards notifications until the store is dropped (`Ok`) or the
+/// connection fails.
+async fn listen(
+    pool: &PgPool,
+    sender: &tokio::sync::broadcast::WeakSender<Notice>,
+) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen("flowstone").await?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+        let Some(sender) = sender.upgrade() else {
+            return Ok(());
+        };
+        match next {
+            // Quiet for a while: check the store is still there.
+            Err(_) => continue,
+            Ok(Err(err)) => return Err(err),
+            // The connection was lost and re-established: notices may have
+            // been missed; the workers' polling covers them.
+            Ok(Ok(None)) => continue,
+            Ok(Ok(Some(notification))) => match uuid::Uuid::parse_str(notification.payload()) {
+                Ok(run) => {
+                    let _ = sender.send(Notice { run: RunId(run) });
+                }
+                Err(_) => tracing::debug!(payload = notification.payload(), "odd notice"),
+            },
+        }
     }
 }
 
@@ -132,6 +201,12 @@ async fn migrate(conn: &mut PgConnection, shown: &str) -> StoreResult<()> {
 impl Store for PostgresStore {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        let receiver = self.notices.subscribe();
+        self.listening.get_or_init(|| self.start_listening());
+        Some(receiver)
     }
 
     async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
@@ -221,6 +296,10 @@ impl Store for PostgresStore {
 
     async fn step_counts(&self, run: RunId) -> StoreResult<StepCounts> {
         self.read_step_counts(run).await
+    }
+
+    async fn has_live_steps(&self, run: RunId) -> StoreResult<bool> {
+        self.read_has_live_steps(run).await
     }
 
     async fn running_workers(&self, run: RunId) -> StoreResult<Vec<WorkerId>> {

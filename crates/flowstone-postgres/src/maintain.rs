@@ -184,6 +184,18 @@ impl PostgresStore {
         Ok(ids.into_iter().map(RunId).collect())
     }
 
+    pub(crate) async fn read_has_live_steps(&self, run: RunId) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM steps WHERE run_id = $1 \
+               AND state IN ('pending', 'available', 'running', 'retryable') LIMIT 1",
+        )
+        .bind(run.0)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        Ok(found.is_some())
+    }
+
     pub(crate) async fn read_live_steps(
         &self,
         targets: &[AssetPartition],

@@ -164,13 +164,17 @@ const RELEASE: &str = "WITH locked AS ( \
      RETURNING s.id, s.run_id, s.worker, s.attempt";
 
 /// Inserts events, one per array element, in array order, so that event ids
-/// follow it.
-const INSERT_EVENTS: &str = "INSERT INTO events (run_id, step_id, at, kind, level, message, data) \
-     SELECT run_id, step_id, at, kind, level, message, data \
-     FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], \
-                 $6::text[], $7::jsonb[]) \
-         WITH ORDINALITY AS e (run_id, step_id, at, kind, level, message, data, ord) \
-     ORDER BY ord";
+/// follow it, and notifies the `flowstone` channel once per run with the run
+/// id; PostgreSQL delivers the notifications when the transaction commits.
+const INSERT_EVENTS: &str = "WITH inserted AS ( \
+         INSERT INTO events (run_id, step_id, at, kind, level, message, data) \
+         SELECT run_id, step_id, at, kind, level, message, data \
+         FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], \
+                     $6::text[], $7::jsonb[]) \
+             WITH ORDINALITY AS e (run_id, step_id, at, kind, level, message, data, ord) \
+         ORDER BY ord \
+         RETURNING run_id) \
+     SELECT pg_notify('flowstone', run_id::text) FROM (SELECT DISTINCT run_id FROM inserted) AS r";
 
 impl PostgresStore {
     pub(crate) async fn write_create_run(&self, run: NewRun) -> StoreResult<RunRecord> {

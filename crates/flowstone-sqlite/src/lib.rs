@@ -39,7 +39,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flowstone_core::store::{
     ClaimRequest, ClaimedStep, Completion, EventRecord, Failure, Lease, LineageEdge,
-    MaterializationRecord, NewEvent, NewRun, Outcome, PartitionRecord, Rescued, RunRecord,
+    MaterializationRecord, NewEvent, NewRun, Notice, Outcome, PartitionRecord, Rescued, RunRecord,
     RunState, StepCounts, StepRecord, StoreError, StoreResult, WorkerRecord,
 };
 use flowstone_core::{
@@ -79,6 +79,9 @@ pub struct SqliteStore {
     /// Connections for reads; `None` for an in-memory database, which only the
     /// writer's connection can see, so reads take the writer's mutex instead.
     readers: Option<SqlitePool>,
+    /// Notices of this process's commits that appended events; other
+    /// processes sharing the file see its changes by polling.
+    notices: tokio::sync::broadcast::Sender<Notice>,
 }
 
 impl SqliteStore {
@@ -122,6 +125,7 @@ impl SqliteStore {
             describe: "sqlite::memory:".to_owned(),
             writer: Mutex::new(writer),
             readers: None,
+            notices: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -172,7 +176,22 @@ impl SqliteStore {
             describe,
             writer: Mutex::new(writer),
             readers: Some(readers),
+            notices: tokio::sync::broadcast::channel(1024).0,
         })
+    }
+
+    /// Sends one notice per distinct run, after a commit that appended
+    /// events to them.
+    pub(crate) fn notify(&self, runs: impl IntoIterator<Item = RunId>) {
+        if self.notices.receiver_count() == 0 {
+            return;
+        }
+        let mut sent = std::collections::HashSet::new();
+        for run in runs {
+            if sent.insert(run) {
+                let _ = self.notices.send(Notice { run });
+            }
+        }
     }
 
     /// A connection to read with.
@@ -244,6 +263,10 @@ impl DerefMut for ReadConn<'_> {
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        Some(self.notices.subscribe())
     }
 
     async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
@@ -333,6 +356,10 @@ impl Store for SqliteStore {
 
     async fn step_counts(&self, run: RunId) -> StoreResult<StepCounts> {
         self.read_step_counts(run).await
+    }
+
+    async fn has_live_steps(&self, run: RunId) -> StoreResult<bool> {
+        self.read_has_live_steps(run).await
     }
 
     async fn running_workers(&self, run: RunId) -> StoreResult<Vec<WorkerId>> {

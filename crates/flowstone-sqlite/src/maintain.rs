@@ -97,9 +97,11 @@ impl SqliteStore {
         let mut rescued = Rescued::default();
         let mut events = Vec::with_capacity(rows.len());
         let mut causes = Vec::new();
+        let mut runs = Vec::new();
         for row in &rows {
             let id = StepId(row.try_get("id").db()?);
             let run: String = row.try_get("run_id").db()?;
+            runs.push(codec::run_id("steps.run_id", &run)?);
             let state = codec::step_state(&row.try_get::<String, _>("state").db()?)?;
             let attempt: i64 = row.try_get("attempt").db()?;
             let max_attempts: i64 = row.try_get("max_attempts").db()?;
@@ -136,6 +138,7 @@ impl SqliteStore {
         events.extend(skip_downstream_in(&mut tx, causes, now).await?);
         insert_events_in(&mut tx, events).await?;
         tx.commit().await.db()?;
+        self.notify(runs);
         rescued.retried.sort();
         rescued.failed.sort();
         Ok(rescued)
@@ -175,6 +178,19 @@ impl SqliteStore {
         .await
         .db()?;
         ids.iter().map(|id| codec::run_id("runs.id", id)).collect()
+    }
+
+    pub(crate) async fn read_has_live_steps(&self, run: RunId) -> StoreResult<bool> {
+        let mut conn = self.reader().await?;
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM steps WHERE run_id = ?1 \
+               AND state IN ('pending', 'available', 'running', 'retryable') LIMIT 1",
+        )
+        .bind(run.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .db()?;
+        Ok(found.is_some())
     }
 
     pub(crate) async fn read_live_steps(

@@ -274,6 +274,7 @@ impl SqliteStore {
             claim_in(&mut tx, &next).await?
         };
         tx.commit().await.db()?;
+        self.notify(batch.iter().map(|c| c.materialization.run_id));
         log_fenced("complete", &batch, &outcomes, |c| {
             (c.step, c.attempt, &c.worker)
         });
@@ -288,6 +289,7 @@ impl SqliteStore {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
         let outcomes = complete_in(&mut tx, &batch).await?;
         tx.commit().await.db()?;
+        self.notify(batch.iter().map(|c| c.materialization.run_id));
         log_fenced("complete", &batch, &outcomes, |c| {
             (c.step, c.attempt, &c.worker)
         });
@@ -356,6 +358,7 @@ impl SqliteStore {
         insert_events_in(&mut tx, events).await?;
 
         tx.commit().await.db()?;
+        self.notify(batch.iter().flat_map(|f| f.events.iter().map(|e| e.run_id)));
         log_fenced("fail", &batch, &outcomes, |f| {
             (f.step, f.attempt, &f.worker)
         });
@@ -391,9 +394,11 @@ impl SqliteStore {
 
         let mut released = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
+        let mut runs = Vec::new();
         for row in rows {
             let id = StepId(row.try_get("id").db()?);
             let run: String = row.try_get("run_id").db()?;
+            runs.push(codec::run_id("steps.run_id", &run)?);
             let worker: Option<String> = row.try_get("worker").db()?;
             let attempt: i64 = row.try_get("attempt").db()?;
             events.push(codec::event_json(&NewEvent {
@@ -410,6 +415,7 @@ impl SqliteStore {
         insert_events_in(&mut tx, events).await?;
 
         tx.commit().await.db()?;
+        self.notify(runs);
         released.sort();
         Ok(released)
     }
@@ -487,12 +493,9 @@ impl SqliteStore {
         let items: Vec<serde_json::Value> = events.iter().map(codec::event_json).collect();
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
-        sqlx::query(codec::INSERT_EVENTS)
-            .bind(serde_json::Value::Array(items).to_string())
-            .execute(&mut *tx)
-            .await
-            .db()?;
+        insert_events_in(&mut tx, items).await?;
         tx.commit().await.db()?;
+        self.notify(events.iter().map(|e| e.run_id));
         Ok(())
     }
 

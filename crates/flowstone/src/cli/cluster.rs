@@ -29,7 +29,9 @@ pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<u8, Failure> {
         run: None,
         lease,
         heartbeat,
-        ..WorkerOptions::default()
+        // Idle workers wake on the store's notices (LISTEN/NOTIFY on
+        // PostgreSQL); polling only covers what those miss.
+        poll: Duration::from_millis(500),
     };
     eprintln!(
         "worker pid {} on {} serving {} with concurrency {concurrency}; SIGTERM or Ctrl-C \
@@ -52,7 +54,7 @@ pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<u8, Failure> {
             () = interrupts.recv() => {
                 if deadline.is_none() {
                     eprintln!(
-                        "draining: claiming nothing more; running steps have {} to finish \
+                        "draining: claiming nothing more; running steps have {:#} to finish \
                          (signal again to hand them back now)",
                         args.drain_timeout
                     );
@@ -65,7 +67,7 @@ pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<u8, Failure> {
             }
             () = async { deadline.as_mut().expect("checked").await }, if deadline.is_some() => {
                 eprintln!(
-                    "drain timeout ({}) reached: handing running steps back to the queue",
+                    "drain timeout ({:#}) reached: handing running steps back to the queue",
                     args.drain_timeout
                 );
                 stop.send_replace(Stop::Abort);
