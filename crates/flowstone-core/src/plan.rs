@@ -78,7 +78,8 @@ pub enum PlanError {
     Mapping { asset: AssetKey, message: String },
     #[error(
         "{count} selected asset partition(s) are already queued or running in another run \
-         ({examples}); wait for that run, or stop it with `runs cancel RUN`"
+         ({examples}); wait for that run (`runs resume RUN` if it was interrupted), or stop it \
+         with `runs cancel RUN`"
     )]
     AlreadyQueued { count: usize, examples: String },
     #[error("no assets are defined")]

@@ -605,3 +605,71 @@ async fn each_step_records_one_materialized_event_naming_its_materialization() {
         "{materialized:?}"
     );
 }
+
+#[tokio::test]
+async fn a_second_backfill_leaves_out_what_a_queued_run_holds_and_a_materialize_is_refused() {
+    let (engine, _) = engine(None).await;
+    let january_first_week = || {
+        RunRequest::backfill(
+            vec![],
+            PartitionSelection::Range {
+                from: "2024-01-01".into(),
+                to: "2024-01-03".into(),
+            },
+        )
+    };
+    // Queued, not worked on: its steps stay live.
+    let (_, first) = engine.submit(&january_first_week()).await.unwrap();
+    let first = first.expect("a run was queued");
+
+    // The same range again: everything is held by the first run.
+    let (plan, second) = engine.submit(&january_first_week()).await.unwrap();
+    assert!(second.is_none(), "nothing left to queue");
+    assert_eq!(plan.already_queued, first.steps.total());
+    assert!(
+        plan.already_queued_examples[0].contains(&first.id.to_string()),
+        "the examples name the holding run: {:?}",
+        plan.already_queued_examples
+    );
+
+    // A wider range queues only what the first run does not hold.
+    let wider = RunRequest::backfill(
+        vec![],
+        PartitionSelection::Range {
+            from: "2024-01-01".into(),
+            to: "2024-01-05".into(),
+        },
+    );
+    let (plan, third) = engine.submit(&wider).await.unwrap();
+    let third = third.expect("the new days are queued");
+    assert_eq!(plan.already_queued, first.steps.total());
+    let steps = engine.store().steps(third.id).await.unwrap();
+    assert!(
+        steps.iter().all(|s| s
+            .target
+            .partition
+            .as_ref()
+            .is_some_and(|p| p.as_str() >= "2024-01-04")),
+        "the third run holds only the days the first does not"
+    );
+
+    // A materialize of a held partition is refused, naming the run.
+    let err = engine
+        .materialize("numbers", Some("2024-01-02"))
+        .await
+        .unwrap_err();
+    assert!(err.is_user_error());
+    let message = err.to_string();
+    assert!(
+        message.contains("already queued") && message.contains(&first.id.to_string()),
+        "{message}"
+    );
+
+    // Once the first run is cancelled, its partitions are free again.
+    engine.cancel(first.id).await.unwrap();
+    let outcome = engine
+        .materialize("numbers", Some("2024-01-02"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.run.state, RunState::Succeeded);
+}

@@ -145,9 +145,15 @@ impl Printer {
                  (use --force to run them again)\nstore: {store}"
             );
         } else {
+            let materialized = if already > 0 {
+                format!("{already} selected asset partitions are already materialized and ")
+            } else {
+                "all ".to_owned()
+            };
             outln!(
-                "nothing to do: {already} selected asset partitions are already materialized and \
-                 {queued} are queued or running in other runs (e.g. {})\nstore: {store}",
+                "nothing to do: {materialized}{queued} are queued or running in other runs \
+                 (e.g. {}); `runs resume RUN` continues an interrupted one, `runs cancel RUN` \
+                 frees its partitions\nstore: {store}",
                 plan.already_queued_examples.join(", ")
             );
         }
