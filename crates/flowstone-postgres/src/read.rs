@@ -142,9 +142,14 @@ impl PostgresStore {
     // FIXME(event cursor): ids come from a sequence at insert, and concurrent
     // transactions may commit out of id order, so a reader paging with `after`
     // can pass over an event that commits a moment later. Fine for `events`
-    // after a run; a live feed (LISTEN/NOTIFY, issue 3) needs a commit-ordered
-    // cursor, e.g. the inserting transaction's id checked against
-    // `pg_snapshot_xmin(pg_current_snapshot())`.
+    // after a run; a live feed must re-read a short window behind its cursor.
+    // Tried and rejected: the inserting transaction's id checked against
+    // `pg_snapshot_xmin(pg_current_snapshot())` — the xmin is server-wide, so
+    // any open transaction in any database on the server holds every event
+    // back (the conformance suite, run in parallel databases, showed it).
+    // Next candidates: a per-database horizon from `pg_locks` on `events`, or
+    // a commit-ordered counter taken in a short advisory-locked step at the
+    // end of each writing transaction.
     pub(crate) async fn read_events(
         &self,
         run: RunId,
