@@ -346,6 +346,17 @@ impl Store for TimedStore {
         self.timed("forget_workers", none, call).await
     }
 
+    async fn prune_runs(
+        &self,
+        lease: &Lease,
+        before: Timestamp,
+        limit: u32,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let call = self.inner.prune_runs(lease, before, limit, now);
+        self.timed("prune_runs", none, call).await
+    }
+
     async fn runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>> {
         let call = self.inner.runs_without_live_steps(limit);
         self.timed("runs_without_live_steps", |v: &Vec<_>| v.len() as u64, call)

@@ -121,6 +121,9 @@ pub const CASES: &[Case] = &[
     ("runs_without_live_steps_and_forgotten_workers", |s| {
         Box::pin(runs_without_live_steps_and_forgotten_workers(s))
     }),
+    ("pruning_keeps_history_and_counts", |s| {
+        Box::pin(pruning_keeps_history_and_counts(s))
+    }),
 ];
 
 /// Runs every case, each against a fresh store from `factory`.
@@ -1967,6 +1970,92 @@ pub async fn runs_without_live_steps_and_forgotten_workers(store: Arc<dyn Store>
             .heartbeat(&fresh.id, now(), SignedDuration::from_secs(60))
             .await
             .must("heartbeat")
+    );
+}
+
+/// Pruning deletes the completed and skipped steps of runs that ended before
+/// the cut-off, keeps failed steps, the run's counts, its materializations,
+/// lineage and events, and leaves newer or unfinished runs alone.
+pub async fn pruning_keeps_history_and_counts(store: Arc<dyn Store>) {
+    let mut plan = RunPlan::new().step("up", None, &[]);
+    plan.steps.push(NewStep {
+        target: target("breaks", None),
+        upstream: vec![],
+        max_attempts: 1,
+        priority: 0,
+    });
+    let old = plan
+        .step("down", None, &[0])
+        .step("after_break", None, &[1])
+        .create(&*store)
+        .await;
+    let w = worker("w1");
+    let roots = claim(&*store, &w, Some(old.id), 10).await;
+    let (up, breaks): (Vec<_>, Vec<_>) = roots
+        .into_iter()
+        .partition(|c| c.target.asset.as_str() == "up");
+    let up_id = complete_all(&*store, &w, &up).await[0];
+    store
+        .fail(vec![failure_of(&breaks[0], &w, None)])
+        .await
+        .must("fail");
+    let down = claim_one(&*store, &w, old.id).await;
+    let outcomes = store
+        .complete(vec![completion_of(&down, &w, vec![up_id])])
+        .await
+        .must("complete down");
+    let down_id = recorded_id(&outcomes[0]);
+    store
+        .set_run_state(old.id, &[RunState::Running], RunState::Failed, now())
+        .await
+        .must("finish");
+    let before = store.run(old.id).await.must("run").expect("run").steps;
+    let events_before = store.events(old.id, None, 1000).await.must("events").len();
+    let open = RunPlan::new().step("open", None, &[]).create(&*store).await;
+
+    let lease = lead(&*store, "leader-a").await;
+    let cut = now() + SignedDuration::from_secs(1);
+    assert_eq!(
+        store.prune_runs(&lease, cut, 10, now()).await.must("prune"),
+        1
+    );
+    assert_eq!(
+        store.prune_runs(&lease, cut, 10, now()).await.must("prune"),
+        0,
+        "a pruned run is not pruned again"
+    );
+
+    let after = store.run(old.id).await.must("run").expect("run kept");
+    assert_eq!(after.steps, before, "a pruned run keeps its step counts");
+    let left: Vec<String> = store
+        .steps(old.id)
+        .await
+        .must("steps")
+        .iter()
+        .map(|s| label(&s.target))
+        .collect();
+    assert_eq!(left, ["breaks"], "only the failed step stays");
+    assert!(store.materialization(up_id).await.must("m").is_some());
+    let lineage = store.inputs_of(&[down_id]).await.must("inputs_of");
+    assert_eq!(
+        lineage.iter().map(|(_, m)| m.id).collect::<Vec<_>>(),
+        vec![up_id],
+        "lineage is history"
+    );
+    assert_eq!(
+        store.events(old.id, None, 1000).await.must("events").len(),
+        events_before,
+        "events are history"
+    );
+    assert_eq!(
+        store.materializations_of_run(old.id).await.must("m").len(),
+        2,
+        "materializations are history"
+    );
+    assert_eq!(
+        store.steps(open.id).await.must("steps").len(),
+        1,
+        "an unfinished run is left alone"
     );
 }
 

@@ -11,7 +11,9 @@
 //!    completed);
 //! 2. forgets workers that have been silent for a long time;
 //! 3. finishes runs that are `running` but have no live step left (their last
-//!    worker died between recording a step and finishing the run).
+//!    worker died between recording a step and finishing the run);
+//! 4. prunes the queue rows of runs that ended longer ago than the retention
+//!    (in batches; materializations, lineage and events are never pruned).
 //!
 //! Retryable steps need no promotion: a claim takes them once their retry
 //! time has passed on the store's clock.
@@ -34,6 +36,9 @@ use crate::worker::{self, Stop};
 /// The name of the leader's lease in the store.
 pub const LEADER_LEASE: &str = "leader";
 
+/// Runs pruned per pass at most, so that one pass stays a short transaction.
+const PRUNE_BATCH: u32 = 50;
+
 /// How the maintenance loop behaves.
 #[derive(Clone, Debug)]
 pub struct MaintenanceOptions {
@@ -44,6 +49,9 @@ pub struct MaintenanceOptions {
     pub every: Duration,
     /// Workers silent for longer than this are forgotten.
     pub forget_after: SignedDuration,
+    /// The queue rows (steps) of runs that ended longer ago than this are
+    /// pruned; materializations, lineage and events are kept.
+    pub retention: SignedDuration,
 }
 
 impl Default for MaintenanceOptions {
@@ -52,6 +60,7 @@ impl Default for MaintenanceOptions {
             lease: SignedDuration::from_secs(30),
             every: Duration::from_secs(5),
             forget_after: SignedDuration::from_secs(3600),
+            retention: SignedDuration::from_hours(14 * 24),
         }
     }
 }
@@ -66,6 +75,7 @@ pub struct Pass {
     pub failed: usize,
     pub forgotten: u64,
     pub runs_finished: usize,
+    pub runs_pruned: u64,
 }
 
 /// Runs maintenance passes as `holder` until `stop` says anything but
@@ -136,12 +146,19 @@ pub async fn pass(
         worker::finish_run(store, run).await?;
         runs_finished += 1;
     }
+    let ended_before = Timestamp::now()
+        .checked_sub(opts.retention)
+        .unwrap_or(Timestamp::MIN);
+    let runs_pruned = store
+        .prune_runs(&lease, ended_before, PRUNE_BATCH, Timestamp::now())
+        .await?;
     Ok(Pass {
         lease: Some(lease),
         retried: rescued.retried.len(),
         failed: rescued.failed.len(),
         forgotten,
         runs_finished,
+        runs_pruned,
     })
 }
 
@@ -164,6 +181,9 @@ fn log_pass(before: &Option<Lease>, pass: &Pass) {
     }
     if pass.forgotten > 0 {
         tracing::info!(workers = pass.forgotten, "forgot silent workers");
+    }
+    if pass.runs_pruned > 0 {
+        tracing::info!(runs = pass.runs_pruned, "pruned the queue rows of old runs");
     }
     if pass.runs_finished > 0 {
         tracing::info!(

@@ -445,7 +445,7 @@ pub struct RunRecord {
 }
 
 /// Steps of a run by state.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StepCounts {
     pub pending: u64,
     pub available: u64,
@@ -839,6 +839,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         lease: &Lease,
         before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+
+    /// Prunes finished queue rows: for up to `limit` runs that ended (succeeded,
+    /// failed or cancelled) before `before`, oldest first, records the run's
+    /// step counts on the run, then deletes its dependency edges and its
+    /// completed, skipped and cancelled steps. Failed steps stay (a
+    /// partition's status reads them); materializations, lineage and events
+    /// are history and are never touched. Does nothing unless `lease` is
+    /// still held. Returns the number of runs pruned.
+    async fn prune_runs(
+        &self,
+        lease: &Lease,
+        before: Timestamp,
+        limit: u32,
         now: Timestamp,
     ) -> StoreResult<u64>;
 

@@ -393,6 +393,16 @@ impl Store for PostgresStore {
         self.write_forget_workers(lease, before, now).await
     }
 
+    async fn prune_runs(
+        &self,
+        lease: &Lease,
+        before: Timestamp,
+        limit: u32,
+        _now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.write_prune_runs(lease, before, limit).await
+    }
+
     async fn runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>> {
         self.read_runs_without_live_steps(limit).await
     }

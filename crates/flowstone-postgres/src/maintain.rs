@@ -170,6 +170,67 @@ impl PostgresStore {
         Ok(gone)
     }
 
+    pub(crate) async fn write_prune_runs(
+        &self,
+        held: &Lease,
+        before: Timestamp,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.db()?;
+        if !holds(&mut tx, held).await? {
+            return Ok(0);
+        }
+        // The runs, locked so that a concurrent pass skips them; their counts
+        // kept on the run; then the rows of the queue go.
+        let pruned: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "WITH picked AS ( \
+                 SELECT id FROM runs \
+                 WHERE pruned_counts IS NULL AND finished_at < $1 \
+                   AND state IN ('succeeded', 'failed', 'cancelled') \
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             counts AS ( \
+                 SELECT p.id, jsonb_build_object( \
+                     'pending', count(*) FILTER (WHERE s.state = 'pending'), \
+                     'available', count(*) FILTER (WHERE s.state = 'available'), \
+                     'running', count(*) FILTER (WHERE s.state = 'running'), \
+                     'retryable', count(*) FILTER (WHERE s.state = 'retryable'), \
+                     'completed', count(*) FILTER (WHERE s.state = 'completed'), \
+                     'failed', count(*) FILTER (WHERE s.state = 'failed'), \
+                     'skipped', count(*) FILTER (WHERE s.state = 'skipped'), \
+                     'cancelled', count(*) FILTER (WHERE s.state = 'cancelled')) AS kept \
+                 FROM picked AS p LEFT JOIN steps AS s ON s.run_id = p.id GROUP BY p.id) \
+             UPDATE runs SET pruned_counts = counts.kept FROM counts \
+             WHERE runs.id = counts.id RETURNING runs.id",
+        )
+        .bind(PgTime(before))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        if pruned.is_empty() {
+            return Ok(0);
+        }
+        sqlx::query(
+            "DELETE FROM step_deps WHERE downstream_id IN ( \
+                 SELECT id FROM steps WHERE run_id = ANY($1)) \
+             OR upstream_id IN (SELECT id FROM steps WHERE run_id = ANY($1))",
+        )
+        .bind(&pruned)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        sqlx::query(
+            "DELETE FROM steps WHERE run_id = ANY($1) \
+               AND state IN ('completed', 'skipped', 'cancelled')",
+        )
+        .bind(&pruned)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()?;
+        Ok(pruned.len() as u64)
+    }
+
     pub(crate) async fn read_runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>> {
         let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
             "SELECT id FROM runs AS r WHERE state = 'running' AND NOT EXISTS ( \

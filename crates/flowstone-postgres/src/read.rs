@@ -32,7 +32,7 @@ pub(crate) enum Direction {
 
 macro_rules! run_columns {
     () => {
-        "id, state, triggered_by, user_name, description, created_at, finished_at"
+        "id, state, triggered_by, user_name, description, created_at, finished_at, pruned_counts"
     };
 }
 
@@ -366,6 +366,16 @@ fn run_record(row: &PgRow, counts: &HashMap<Uuid, StepCounts>) -> StoreResult<Ru
         description: row.try_get("description").db()?,
         created_at: codec::time(row, "created_at")?,
         finished_at: codec::opt_time(row, "finished_at")?,
-        steps: counts.get(&id.0).copied().unwrap_or_default(),
+        steps: match row
+            .try_get::<Option<serde_json::Value>, _>("pruned_counts")
+            .db()?
+        {
+            Some(pruned) => serde_json::from_value(pruned).map_err(|err| {
+                flowstone_core::StoreError::Corrupt(format!(
+                    "runs.pruned_counts of run {id}: {err}"
+                ))
+            })?,
+            None => counts.get(&id.0).copied().unwrap_or_default(),
+        },
     })
 }

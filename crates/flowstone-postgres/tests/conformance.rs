@@ -70,4 +70,5 @@ cases!(
     rescue_leaves_completed_and_renewed_steps,
     maintenance_is_fenced_by_the_lease,
     runs_without_live_steps_and_forgotten_workers,
+    pruning_keeps_history_and_counts,
 );

@@ -165,6 +165,69 @@ impl SqliteStore {
         Ok(gone)
     }
 
+    pub(crate) async fn write_prune_runs(
+        &self,
+        held: &Lease,
+        before: Timestamp,
+        limit: u32,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
+        if !holds(&mut tx, held, now).await? {
+            return Ok(0);
+        }
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM runs \
+             WHERE pruned_counts IS NULL AND finished_at < ?1 \
+               AND state IN ('succeeded', 'failed', 'cancelled') \
+             ORDER BY finished_at LIMIT ?2",
+        )
+        .bind(micros(before))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let runs = ids
+            .iter()
+            .map(|id| codec::run_id("runs.id", id))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let counts = crate::read::counts_to_keep(&mut tx, &runs).await?;
+        for run in &runs {
+            let kept = counts.get(run).copied().unwrap_or_default();
+            sqlx::query("UPDATE runs SET pruned_counts = ?2 WHERE id = ?1")
+                .bind(run.to_string())
+                .bind(serde_json::to_string(&kept).unwrap_or_default())
+                .execute(&mut *tx)
+                .await
+                .db()?;
+        }
+        let list = serde_json::to_string(&ids).unwrap_or_default();
+        sqlx::query(
+            "DELETE FROM step_deps WHERE downstream_id IN ( \
+                 SELECT id FROM steps WHERE run_id IN (SELECT value FROM jsonb_each(?1))) \
+             OR upstream_id IN ( \
+                 SELECT id FROM steps WHERE run_id IN (SELECT value FROM jsonb_each(?1)))",
+        )
+        .bind(&list)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        sqlx::query(
+            "DELETE FROM steps WHERE run_id IN (SELECT value FROM jsonb_each(?1)) \
+               AND state IN ('completed', 'skipped', 'cancelled')",
+        )
+        .bind(&list)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()?;
+        Ok(runs.len() as u64)
+    }
+
     pub(crate) async fn read_runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>> {
         let mut conn = self.reader().await?;
         let ids: Vec<String> = sqlx::query_scalar(

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use flowstone_core::store::{
     EventRecord, LineageEdge, MaterializationRecord, PartitionRecord, RunRecord, StepCounts,
-    StepFailure, StepRecord, StoreResult, WorkerRecord,
+    StepFailure, StepRecord, StoreError, StoreResult, WorkerRecord,
 };
 use flowstone_core::{
     AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, WorkerId,
@@ -31,7 +31,7 @@ pub(crate) enum Direction {
 
 macro_rules! run_columns {
     () => {
-        "id, state, triggered_by, user_name, description, created_at, finished_at"
+        "id, state, triggered_by, user_name, description, created_at, finished_at, pruned_counts"
     };
 }
 
@@ -370,6 +370,19 @@ fn run_record(row: &SqliteRow, counts: &HashMap<RunId, StepCounts>) -> StoreResu
         description: row.try_get("description").db()?,
         created_at: codec::timestamp("runs.created_at", row.try_get("created_at").db()?)?,
         finished_at: codec::opt_timestamp("runs.finished_at", row.try_get("finished_at").db()?)?,
-        steps: counts.get(&id).copied().unwrap_or_default(),
+        steps: match row.try_get::<Option<String>, _>("pruned_counts").db()? {
+            Some(pruned) => serde_json::from_str(&pruned).map_err(|err| {
+                StoreError::Corrupt(format!("runs.pruned_counts of run {id}: {err}"))
+            })?,
+            None => counts.get(&id).copied().unwrap_or_default(),
+        },
     })
+}
+
+/// The step counts of `runs`, for the pruning that is about to delete them.
+pub(crate) async fn counts_to_keep(
+    conn: &mut SqliteConnection,
+    runs: &[RunId],
+) -> StoreResult<HashMap<RunId, StepCounts>> {
+    step_counts(conn, runs).await
 }

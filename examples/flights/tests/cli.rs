@@ -224,9 +224,11 @@ fn materialize_show_lineage_and_json_from_an_empty_store() {
     assert!(status.contains("missing 364"), "{status}");
 }
 
-/// Waits until `path` has a run with some completed steps, or gives up.
+/// Waits until `path` has a run with some completed steps, or gives up after
+/// a minute (a loaded CI machine is slow to start a debug binary).
 fn wait_for_progress(store: &Path) -> Option<String> {
-    for _ in 0..300 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let out = flights(store, &["--json", "runs", "list"]);
         let Ok(runs) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {

@@ -108,6 +108,11 @@ pub struct MaintenanceArgs {
     /// this time after the leader dies.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub leader_lease: jiff::SignedDuration,
+
+    /// How long the steps of a finished run are kept in the queue before the
+    /// leader prunes them (materializations, lineage and events stay).
+    #[arg(long, default_value = "336h", value_name = "DURATION", value_parser = duration)]
+    pub retention: jiff::SignedDuration,
 }
 
 /// A positive duration such as `30s`, `2m`, `1h 30m` or `500ms`.

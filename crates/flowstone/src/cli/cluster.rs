@@ -122,6 +122,7 @@ fn spawn_maintenance(
     let opts = MaintenanceOptions {
         lease,
         every,
+        retention: args.retention,
         ..MaintenanceOptions::default()
     };
     let (stop, stop_rx) = watch::channel(Stop::No);
