@@ -619,6 +619,59 @@ pub struct Notice {
     pub run: RunId,
 }
 
+/// One step that [`Store::rescue_expired`] moved, as a backend read it back.
+#[derive(Clone, Debug)]
+pub struct RescuedStep {
+    pub id: StepId,
+    pub run_id: RunId,
+    pub target: AssetPartition,
+    /// `Retryable` or `Failed`.
+    pub state: StepState,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub worker: Option<String>,
+    pub error: String,
+}
+
+impl RescuedStep {
+    /// The event every backend appends for the step: `step_retrying` while
+    /// attempts remain, `step_failed` after the last, with `data.rescued`.
+    pub fn event(&self, at: Timestamp) -> NewEvent {
+        let (attempt, max, error) = (self.attempt, self.max_attempts, &self.error);
+        let (kind, level, message) = if self.state == StepState::Failed {
+            (
+                EventKind::StepFailed,
+                Level::Error,
+                format!("failed: {error} (attempt {attempt} of {max})"),
+            )
+        } else {
+            (
+                EventKind::StepRetrying,
+                Level::Warn,
+                format!("attempt {attempt} of {max} lost, retrying now: {error}"),
+            )
+        };
+        NewEvent {
+            run_id: self.run_id,
+            step_id: Some(self.id),
+            at,
+            kind,
+            level,
+            message,
+            data: serde_json::json!({
+                "worker": self.worker,
+                "attempt": attempt,
+                "rescued": true,
+            }),
+        }
+    }
+
+    /// The cause recorded on the steps a rescued final failure skips.
+    pub fn skip_cause(&self) -> String {
+        format!("upstream {} failed", self.target)
+    }
+}
+
 /// A worker process as registered in the store.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkerRecord {

@@ -6,12 +6,9 @@
 //! or workers runs only while the lease is held in its term, and it takes the
 //! lease row's lock (`FOR SHARE`) so that a takeover waits for it to commit.
 
-use flowstone_core::store::{
-    EventKind, Lease, Level, NewEvent, Rescued, StepState, StoreError, StoreResult,
-};
+use flowstone_core::store::{Lease, Rescued, RescuedStep, StepState, StoreError, StoreResult};
 use flowstone_core::{AssetPartition, RunId, StepId, WorkerId};
 use jiff::Timestamp;
-use serde_json::json;
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 
@@ -106,39 +103,15 @@ impl PostgresStore {
         let mut events = EventColumns::default();
         let (mut failed, mut causes) = (Vec::new(), Vec::new());
         for row in &rows {
-            let id = StepId(row.try_get("id").db()?);
-            let state = codec::step_state(&row.try_get::<String, _>("state").db()?)?;
-            let attempt: i32 = row.try_get("attempt").db()?;
-            let max_attempts: i32 = row.try_get("max_attempts").db()?;
-            let worker: Option<String> = row.try_get("worker").db()?;
-            let error: Option<String> = row.try_get("error").db()?;
-            let error = error.unwrap_or_default();
-            let (kind, level, message) = if state == StepState::Failed {
-                failed.push(id.0);
-                causes.push(format!("upstream {} failed", codec::target(row)?));
-                rescued.failed.push(id);
-                (
-                    EventKind::StepFailed,
-                    Level::Error,
-                    format!("failed: {error} (attempt {attempt} of {max_attempts})"),
-                )
+            let step = rescued_step(row)?;
+            if step.state == StepState::Failed {
+                failed.push(step.id.0);
+                causes.push(step.skip_cause());
+                rescued.failed.push(step.id);
             } else {
-                rescued.retried.push(id);
-                (
-                    EventKind::StepRetrying,
-                    Level::Warn,
-                    format!("attempt {attempt} of {max_attempts} lost, retrying now: {error}"),
-                )
-            };
-            events.push(&NewEvent {
-                run_id: codec::run_id(row, "run_id")?,
-                step_id: Some(id),
-                at: now,
-                kind,
-                level,
-                message,
-                data: json!({ "worker": worker, "attempt": attempt, "rescued": true }),
-            });
+                rescued.retried.push(step.id);
+            }
+            events.push(&step.event(now));
         }
         skip_downstream_in(&mut tx, &failed, &causes, now, &mut events).await?;
         events.insert(&mut tx).await?;
@@ -315,6 +288,20 @@ async fn holds(conn: &mut PgConnection, held: &Lease) -> StoreResult<bool> {
 
 fn term(held: &Lease) -> i64 {
     i64::try_from(held.term).unwrap_or(i64::MAX)
+}
+
+fn rescued_step(row: &PgRow) -> StoreResult<RescuedStep> {
+    let error: Option<String> = row.try_get("error").db()?;
+    Ok(RescuedStep {
+        id: StepId(row.try_get("id").db()?),
+        run_id: codec::run_id(row, "run_id")?,
+        target: codec::target(row)?,
+        state: codec::step_state(&row.try_get::<String, _>("state").db()?)?,
+        attempt: codec::count("steps.attempt", row.try_get("attempt").db()?)?,
+        max_attempts: codec::count("steps.max_attempts", row.try_get("max_attempts").db()?)?,
+        worker: row.try_get("worker").db()?,
+        error: error.unwrap_or_default(),
+    })
 }
 
 fn lease(row: &PgRow) -> StoreResult<Lease> {

@@ -5,9 +5,7 @@
 //! `BEGIN IMMEDIATE` transaction that first checks the lease is still held
 //! in its term, so a leader that lost its lease does nothing.
 
-use flowstone_core::store::{
-    EventKind, Lease, Level, NewEvent, Rescued, StepState, StoreError, StoreResult,
-};
+use flowstone_core::store::{Lease, Rescued, RescuedStep, StepState, StoreError, StoreResult};
 use flowstone_core::{AssetPartition, RunId, StepId, WorkerId};
 use jiff::Timestamp;
 use serde_json::json;
@@ -99,41 +97,15 @@ impl SqliteStore {
         let mut causes = Vec::new();
         let mut runs = Vec::new();
         for row in &rows {
-            let id = StepId(row.try_get("id").db()?);
-            let run: String = row.try_get("run_id").db()?;
-            runs.push(codec::run_id("steps.run_id", &run)?);
-            let state = codec::step_state(&row.try_get::<String, _>("state").db()?)?;
-            let attempt: i64 = row.try_get("attempt").db()?;
-            let max_attempts: i64 = row.try_get("max_attempts").db()?;
-            let worker: Option<String> = row.try_get("worker").db()?;
-            let error: Option<String> = row.try_get("error").db()?;
-            let error = error.unwrap_or_default();
-            let (kind, level, message) = if state == StepState::Failed {
-                let target = codec::target(row)?;
-                causes.push(json!([id.0, format!("upstream {target} failed")]));
-                rescued.failed.push(id);
-                (
-                    EventKind::StepFailed,
-                    Level::Error,
-                    format!("failed: {error} (attempt {attempt} of {max_attempts})"),
-                )
+            let step = rescued_step(row)?;
+            if step.state == StepState::Failed {
+                causes.push(json!([step.id.0, step.skip_cause()]));
+                rescued.failed.push(step.id);
             } else {
-                rescued.retried.push(id);
-                (
-                    EventKind::StepRetrying,
-                    Level::Warn,
-                    format!("attempt {attempt} of {max_attempts} lost, retrying now: {error}"),
-                )
-            };
-            events.push(codec::event_json(&NewEvent {
-                run_id: codec::run_id("steps.run_id", &run)?,
-                step_id: Some(id),
-                at: now,
-                kind,
-                level,
-                message,
-                data: json!({ "worker": worker, "attempt": attempt, "rescued": true }),
-            }));
+                rescued.retried.push(step.id);
+            }
+            events.push(codec::event_json(&step.event(now)));
+            runs.push(step.run_id);
         }
         events.extend(skip_downstream_in(&mut tx, causes, now).await?);
         insert_events_in(&mut tx, events).await?;
@@ -311,6 +283,21 @@ async fn holds(conn: &mut SqliteConnection, held: &Lease, now: Timestamp) -> Sto
     .await
     .db()?;
     Ok(found.is_some())
+}
+
+fn rescued_step(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RescuedStep> {
+    let run: String = row.try_get("run_id").db()?;
+    let error: Option<String> = row.try_get("error").db()?;
+    Ok(RescuedStep {
+        id: StepId(row.try_get("id").db()?),
+        run_id: codec::run_id("steps.run_id", &run)?,
+        target: codec::target(row)?,
+        state: codec::step_state(&row.try_get::<String, _>("state").db()?)?,
+        attempt: codec::count("steps.attempt", row.try_get("attempt").db()?)?,
+        max_attempts: codec::count("steps.max_attempts", row.try_get("max_attempts").db()?)?,
+        worker: row.try_get("worker").db()?,
+        error: error.unwrap_or_default(),
+    })
 }
 
 fn lease(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Lease> {
