@@ -9,6 +9,7 @@
 //! the `flowstone-bench` binary re-executes itself once per workload and reads
 //! the child's figures from its standard output.
 
+pub mod cluster;
 pub mod timed;
 pub mod workload;
 

@@ -4,6 +4,7 @@
 //! ```text
 //! flowstone-bench [--parallel N] [--runs N] [--noop-runs N] [--only NAME,...] [--json]
 //!                 [--profile]
+//! flowstone-bench postgres ...       (the PostgreSQL workloads, see `cluster`)
 //! flowstone-bench --workload NAME [--parallel N] [--profile]   (one run, one JSON line)
 //! ```
 //!
@@ -95,7 +96,13 @@ fn workload_named(name: &str) -> anyhow::Result<Workload> {
 }
 
 fn main() -> ExitCode {
-    match Args::parse().and_then(run) {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let result = match raw.first().map(String::as_str) {
+        Some("postgres") => flowstone_bench::cluster::main(&raw[1..]),
+        Some("pg-worker") => flowstone_bench::cluster::worker_main(&raw[1..]),
+        _ => Args::parse().and_then(run),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
