@@ -702,4 +702,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Materializations of a run, in id order.
     async fn materializations_of_run(&self, run: RunId) -> StoreResult<Vec<MaterializationRecord>>;
+
+    // -- the live feed ------------------------------------------------------
+
+    /// Events of every run in id order, after `after` if given; the feed
+    /// behind the server's event stream, which pages with the last id seen.
+    async fn events_since(
+        &self,
+        after: Option<EventId>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>>;
 }

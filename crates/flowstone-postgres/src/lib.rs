@@ -274,4 +274,12 @@ impl Store for PostgresStore {
     async fn materializations_of_run(&self, run: RunId) -> StoreResult<Vec<MaterializationRecord>> {
         self.read_materializations_of_run(run).await
     }
+
+    async fn events_since(
+        &self,
+        after: Option<EventId>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        self.read_events_since(after, limit).await
+    }
 }

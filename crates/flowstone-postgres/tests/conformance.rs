@@ -62,4 +62,5 @@ cases!(
     release_returns_steps_to_queue,
     heartbeat_and_workers,
     complete_and_claim_takes_what_it_released,
+    events_since_reads_every_run,
 );
