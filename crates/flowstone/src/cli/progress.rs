@@ -83,7 +83,7 @@ pub(crate) async fn watch(
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, as one stream; both stop a run gracefully.
-struct Interrupts {
+pub(super) struct Interrupts {
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -91,7 +91,7 @@ struct Interrupts {
 }
 
 impl Interrupts {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -105,7 +105,7 @@ impl Interrupts {
     }
 
     /// The next signal; pending forever if none can be listened to.
-    async fn recv(&mut self) {
+    pub(super) async fn recv(&mut self) {
         #[cfg(unix)]
         {
             let int = async {
