@@ -200,7 +200,7 @@ async fn graph_svg(state: &AppState) -> ApiResult<String> {
     Ok(crate::graph::svg(&layout, &info))
 }
 
-const GRAPH_EVENTS: &str = "sse:materialized throttle:250ms, sse:run_started, sse:run_finished, \
+const GRAPH_EVENTS: &str = "sse:materialized, sse:run_started, sse:run_finished, \
                             sse:step_failed, sse:run_interrupted, sse:run_resumed";
 
 async fn graph_page(State(state): State<AppState>) -> PageResult<Html<String>> {
@@ -326,7 +326,7 @@ async fn asset_page(
             @if let Some(panel) = selected { (panel) }
             div hx-ext="sse" sse-connect="/api/v1/events" {
                 div #partitions hx-get=(format!("/ui{href}/partitions"))
-                    hx-trigger="sse:materialized throttle:300ms, sse:step_failed throttle:300ms"
+                    hx-trigger="sse:materialized, sse:step_failed"
                     hx-swap="innerHTML" {
                     (fragment)
                 }
@@ -629,7 +629,7 @@ async fn runs_page(State(state): State<AppState>) -> PageResult<Html<String>> {
             h1 { "Runs" }
             div hx-ext="sse" sse-connect="/api/v1/events" {
                 div #runs hx-get="/ui/runs"
-                    hx-trigger="sse:run_started, sse:run_finished, sse:materialized throttle:500ms, sse:run_interrupted"
+                    hx-trigger="sse:run_started, sse:run_finished, sse:materialized, sse:run_interrupted"
                     hx-swap="innerHTML" {
                     (runs_table(&runs))
                 }
@@ -770,7 +770,7 @@ async fn run_page(
             }
             div hx-ext="sse" sse-connect=(format!("/api/v1/events?run={id}")) {
                 div #run hx-get=(format!("/ui/runs/{id}"))
-                    hx-trigger="sse:materialized throttle:200ms, sse:step_failed throttle:200ms, sse:run_finished, sse:step_skipped throttle:200ms, sse:run_interrupted, sse:run_resumed, sse:log throttle:500ms"
+                    hx-trigger="sse:materialized, sse:step_failed, sse:run_finished, sse:step_skipped, sse:run_interrupted, sse:run_resumed, sse:log"
                     hx-swap="innerHTML" {
                     (run_body(&run, &steps, &events))
                 }
