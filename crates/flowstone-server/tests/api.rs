@@ -895,3 +895,145 @@ fn open_address_without_a_token_is_refused() {
     assert!(with_token.check().is_ok());
     assert!(flowstone_server::ServeOptions::default().check().is_ok());
 }
+
+// -- pages -----------------------------------------------------------------------
+
+async fn page(app: &App, uri: &str) -> (StatusCode, String) {
+    let (status, body) = app
+        .send(
+            Request::get(uri)
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    (status, body.as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_render_and_refuse_bad_input_with_a_page() {
+    let app = app().await;
+    let (status, graph) = page(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(graph.matches("class=\"node state-").count(), 4, "{graph}");
+    assert!(graph.contains("data-asset=\"numbers\" data-state=\"missing\""));
+    assert!(graph.contains("sse-connect=\"/api/v1/events\""));
+    assert!(graph.contains("/static/htmx.min.js"));
+
+    let (status, asset) = page(&app, "/assets/numbers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(asset.matches("class=\"cell s-missing\"").count(), 31);
+    assert!(asset.contains("data-missing=\"31\""));
+
+    let (status, body) = page(&app, "/assets/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body.contains("unknown_asset") && body.contains("unknown asset nope"),
+        "{body}"
+    );
+    let (status, body) = page(&app, "/runs/not-a-run").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("invalid run id"), "{body}");
+
+    // Launching from a form: a bad key is a page that says so; a good one
+    // goes to the run's page.
+    let form = |uri: &str, body: &str| {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let response = app
+        .router
+        .clone()
+        .oneshot(form(
+            "/ui/assets/numbers/materialize",
+            "partition=2024-02-30",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = app
+        .router
+        .clone()
+        .oneshot(form(
+            "/ui/assets/numbers/materialize",
+            "partition=2024-01-03",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(location.starts_with("/runs/"), "{location}");
+    let run = location.trim_start_matches("/runs/").to_owned();
+    app.wait_run(&run).await;
+    let (status, run_page) = page(&app, &location).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(run_page.contains("data-state=\"succeeded\""), "{run_page}");
+    let (status, runs) = page(&app, "/runs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(runs.contains(&run[..8]));
+
+    let (status, script) = page(&app, "/static/htmx-ext-sse.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(script.contains("defineExtension('sse'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_ask_to_sign_in_and_the_cookie_lets_in() {
+    let secret = "read-secret-0123456789";
+    let app = app_with(Tokens::none().with(secret, Right::Read)).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/")
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/login");
+    let (status, _) = page(&app, "/login").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let login = |token: &str| {
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}")))
+            .unwrap()
+    };
+    let refused = app
+        .router
+        .clone()
+        .oneshot(login("wrong-0123456789abc"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(!refused.headers().contains_key(header::SET_COOKIE));
+    let accepted = app.router.clone().oneshot(login(secret)).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::SEE_OTHER);
+    let cookie = accepted.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let (status, _) = app
+        .send(
+            Request::get("/")
+                .header(header::COOKIE, pair)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
