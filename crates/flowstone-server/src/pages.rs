@@ -238,6 +238,8 @@ async fn graph_fragment(State(state): State<AppState>) -> PageResult<Html<String
 #[derive(Debug, Deserialize)]
 struct AssetQuery {
     partition: Option<String>,
+    /// Set by a launch from this page that found nothing to do.
+    nothing: Option<String>,
 }
 
 fn asset_key(key: Result<Path<String>, PathRejection>) -> ApiResult<String> {
@@ -322,6 +324,10 @@ async fn asset_page(
                         button type="submit" { "Backfill missing" }
                     }
                 }
+            }
+            @if query.nothing.is_some() {
+                p.notice role="status" { "Nothing to do: every selected partition is already \
+                                          materialized." }
             }
             @if let Some(panel) = selected { (panel) }
             div hx-ext="sse" sse-connect="/api/v1/events" {

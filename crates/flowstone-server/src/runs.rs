@@ -9,6 +9,14 @@
 //! step, nobody would mark the run ended, so the keeper watches the feed and
 //! ends such runs.
 
+// FIXME(one queue, two loops): a run launched here is worked on by its own
+// loop (with its max_parallel) and the all-runs worker may claim its steps
+// too, so up to max_parallel + the worker's parallelism of its steps run at
+// once; and the all-runs worker claims steps of interrupted runs as well
+// (the store's claim does not look at the run's state). A run-state check
+// in the claim, or launching through the queue only with per-run limits
+// enforced by the claim, would resolve both (issue 3's worker work).
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

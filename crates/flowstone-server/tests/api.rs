@@ -973,6 +973,25 @@ async fn pages_render_and_refuse_bad_input_with_a_page() {
     let (status, run_page) = page(&app, &location).await;
     assert_eq!(status, StatusCode::OK);
     assert!(run_page.contains("data-state=\"succeeded\""), "{run_page}");
+    // A backfill of what exists has nothing to do, and the page says so.
+    let response = app
+        .router
+        .clone()
+        .oneshot(form(
+            "/ui/assets/numbers/backfill",
+            "from=2024-01-03&to=2024-01-03",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let back = response.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(back, "/assets/numbers?nothing=1");
+    let (_, notice) = page(&app, &back).await;
+    assert!(notice.contains("Nothing to do"), "{notice}");
+
     let (status, runs) = page(&app, "/runs").await;
     assert_eq!(status, StatusCode::OK);
     assert!(runs.contains(&run[..8]));
