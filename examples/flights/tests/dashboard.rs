@@ -155,7 +155,9 @@ fn serve_answers_on_loopback_and_stops_on_sigterm() {
 
 // -- the browser -----------------------------------------------------------------
 
-/// chromedriver on a free port, killed on drop.
+/// chromedriver on a free port in a process group of its own; dropping it
+/// ends the group, so the Chromium it started ends too, even when a test
+/// fails before closing its session.
 struct Driver {
     child: Child,
     url: String,
@@ -163,6 +165,8 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -188,8 +192,11 @@ async fn try_browser() -> Result<(Driver, Client), String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
         .port();
+    use std::os::unix::process::CommandExt;
+
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
