@@ -362,4 +362,14 @@ impl Store for TimedStore {
         self.timed("runs_without_live_steps", |v: &Vec<_>| v.len() as u64, call)
             .await
     }
+
+    async fn events_since(
+        &self,
+        after: Option<EventId>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let call = self.inner.events_since(after, limit);
+        self.timed("events_since", |v: &Vec<_>| v.len() as u64, call)
+            .await
+    }
 }

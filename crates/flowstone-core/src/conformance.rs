@@ -124,6 +124,9 @@ pub const CASES: &[Case] = &[
     ("pruning_keeps_history_and_counts", |s| {
         Box::pin(pruning_keeps_history_and_counts(s))
     }),
+    ("events_since_reads_every_run", |s| {
+        Box::pin(events_since_reads_every_run(s))
+    }),
 ];
 
 /// Runs every case, each against a fresh store from `factory`.
@@ -2301,4 +2304,71 @@ fn recorded_id(outcome: &Outcome) -> MaterializationId {
         Outcome::Recorded(Some(id)) => *id,
         other => panic!("expected a recorded completion, got {other:?}"),
     }
+}
+
+/// `events_since` reads the events of every run in id order, pages after the
+/// last id seen, and agrees with `events` on each record.
+pub async fn events_since_reads_every_run(store: Arc<dyn Store>) {
+    let first = RunPlan::new().step("a", None, &[]).create(&*store).await;
+    let second = RunPlan::new().step("b", None, &[]).create(&*store).await;
+    let before = store.events_since(None, 1000).await.must("events_since");
+    let start = before.last().map(|e| e.id);
+
+    let event = |run_id: RunId, i: usize| NewEvent {
+        run_id,
+        step_id: None,
+        at: now(),
+        kind: EventKind::Log,
+        level: Level::Info,
+        message: format!("event {i}"),
+        data: serde_json::json!({ "i": i }),
+    };
+    for i in 0..7 {
+        let run = if i % 2 == 0 { first.id } else { second.id };
+        store
+            .append_events(vec![event(run, i)])
+            .await
+            .must("append_events");
+    }
+
+    let mut read: Vec<EventRecord> = Vec::new();
+    let mut after = start;
+    let mut pages = Vec::new();
+    loop {
+        let page = store.events_since(after, 3).await.must("events_since");
+        if page.is_empty() {
+            break;
+        }
+        pages.push(page.len());
+        after = page.last().map(|e| e.id);
+        read.extend(page);
+    }
+    assert_eq!(pages, [3, 3, 1], "pages of 3 after the last id seen");
+    assert!(
+        read.windows(2).all(|w| w[0].id < w[1].id),
+        "event ids increase across runs"
+    );
+    let messages: Vec<&str> = read.iter().map(|e| e.message.as_str()).collect();
+    let want: Vec<String> = (0..7).map(|i| format!("event {i}")).collect();
+    assert_eq!(messages, want, "every run's events, in the order appended");
+    let runs: Vec<RunId> = read.iter().map(|e| e.run_id).collect();
+    assert_eq!(runs[..2], [first.id, second.id], "events keep their run");
+
+    let per_run = store.events(first.id, start, 100).await.must("events");
+    let from_feed: Vec<EventId> = read
+        .iter()
+        .filter(|e| e.run_id == first.id)
+        .map(|e| e.id)
+        .collect();
+    let ids: Vec<EventId> = per_run.iter().map(|e| e.id).collect();
+    assert_eq!(ids, from_feed, "the feed and the run's events agree");
+    let last = read.last().map(|e| e.id);
+    assert!(
+        store
+            .events_since(last, 10)
+            .await
+            .must("events_since")
+            .is_empty(),
+        "nothing after the last event"
+    );
 }

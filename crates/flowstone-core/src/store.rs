@@ -913,4 +913,14 @@ pub trait Store: Send + Sync + 'static {
     /// Runs still `running` that have no live step left (their last worker
     /// ended before it could finish them), oldest first, at most `limit`.
     async fn runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>>;
+
+    // -- the live feed ------------------------------------------------------
+
+    /// Events of every run in id order, after `after` if given; the feed
+    /// behind the server's event stream, which pages with the last id seen.
+    async fn events_since(
+        &self,
+        after: Option<EventId>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>>;
 }

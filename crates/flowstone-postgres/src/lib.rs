@@ -406,4 +406,12 @@ impl Store for PostgresStore {
     async fn runs_without_live_steps(&self, limit: u32) -> StoreResult<Vec<RunId>> {
         self.read_runs_without_live_steps(limit).await
     }
+
+    async fn events_since(
+        &self,
+        after: Option<EventId>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        self.read_events_since(after, limit).await
+    }
 }

@@ -386,3 +386,24 @@ pub(crate) async fn counts_to_keep(
 ) -> StoreResult<HashMap<RunId, StepCounts>> {
     step_counts(conn, runs).await
 }
+
+impl SqliteStore {
+    /// Events of every run after `after`, in id order (the live feed).
+    pub(crate) async fn read_events_since(
+        &self,
+        after: Option<EventId>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let mut conn = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT id, run_id, step_id, at, kind, level, message, data FROM events \
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(after.map_or(0, |e| e.0))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+        rows.iter().map(codec::event).collect()
+    }
+}

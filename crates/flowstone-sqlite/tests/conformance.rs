@@ -65,6 +65,7 @@ cases!(
     maintenance_is_fenced_by_the_lease,
     runs_without_live_steps_and_forgotten_workers,
     pruning_keeps_history_and_counts,
+    events_since_reads_every_run,
 );
 
 /// The whole suite through `run_all`, against in-memory stores.

@@ -69,6 +69,8 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// List the workers registered in the store and the current leader.
     Workers,
+    /// Serve the JSON API and the live dashboard, and work on queued runs.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +126,28 @@ fn duration(text: &str) -> Result<jiff::SignedDuration, String> {
         return Err(format!("{text:?} must be longer than zero"));
     }
     Ok(parsed)
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "API tokens come from the environment only: FLOWSTONE_API_TOKENS is a \
+                        comma-separated list of RIGHT:SECRET, RIGHT `read` or `launch`.\n\
+                        Without a token the server binds only to loopback addresses."
+)]
+pub struct ServeArgs {
+    /// The address to listen on; an address other than loopback needs
+    /// FLOWSTONE_API_TOKENS.
+    #[arg(long, default_value = "127.0.0.1:3000", value_name = "ADDR")]
+    pub bind: std::net::SocketAddr,
+
+    /// Run no worker over queued runs (runs launched from the API still
+    /// run, each in its own loop).
+    #[arg(long)]
+    pub no_worker: bool,
+
+    /// Steps the in-process worker runs at once [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_parallel: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -31,7 +31,9 @@ use flowstone_core::{
 };
 
 pub use args::Cli;
-use args::{BackfillArgs, Command, LineageDirection, MaterializeArgs, RunArgs, RunsCommand};
+use args::{
+    BackfillArgs, Command, LineageDirection, MaterializeArgs, RunArgs, RunsCommand, ServeArgs,
+};
 use output::Printer;
 
 /// Exit code when everything went well.
@@ -164,6 +166,7 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
             | Command::Backfill(_)
             | Command::Worker(_)
             | Command::Daemon(_)
+            | Command::Serve(_)
             | Command::Runs(RunsCommand::Resume { .. } | RunsCommand::Cancel { .. })
     );
     if let Some(location) = &cli.store
@@ -271,6 +274,7 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
             ctx.printer.events(&events, args.limit);
             Ok(EXIT_OK)
         }
+        Command::Serve(args) => ctx.serve(args).await,
         Command::Show(args) => {
             let (record, value) = ctx
                 .engine
@@ -334,6 +338,45 @@ impl Ctx {
                 Ok(self.finish(&outcome, plan.already_materialized, plan.left_out))
             }
         }
+    }
+
+    async fn serve(self, args: ServeArgs) -> Result<u8, Failure> {
+        let spec = std::env::var("FLOWSTONE_API_TOKENS").unwrap_or_default();
+        let tokens: flowstone_server::Tokens = spec
+            .parse()
+            .map_err(|err: flowstone_server::TokenSpecError| usage(err.to_string()))?;
+        let options = flowstone_server::ServeOptions {
+            bind: args.bind,
+            tokens,
+            worker: !args.no_worker,
+            worker_parallel: args
+                .max_parallel
+                .map_or_else(flowstone_core::default_parallelism, usize::from),
+            ..flowstone_server::ServeOptions::default()
+        };
+        let server = flowstone_server::Server::start(self.engine, options)
+            .await
+            .map_err(|err| match err {
+                flowstone_server::ServeError::OpenWithoutToken(_) => usage(err.to_string()),
+                other => Failure {
+                    message: other.to_string(),
+                    code: EXIT_FAILED,
+                },
+            })?;
+        eprintln!(
+            "serving http://{} (store: {}); Ctrl-C stops",
+            server.addr(),
+            self.store_location
+        );
+        let mut interrupts = progress::Interrupts::new();
+        server
+            .run_until(interrupts.recv())
+            .await
+            .map_err(|err| Failure {
+                message: err.to_string(),
+                code: EXIT_FAILED,
+            })?;
+        Ok(EXIT_OK)
     }
 
     fn finish(&self, outcome: &RunOutcome, already_materialized: u64, left_out: u64) -> u8 {

@@ -1,0 +1,319 @@
+//! FlowStone's HTTP server: a versioned JSON API under `/api/v1`, a live event
+//! stream (`text/event-stream`), and the dashboard's server-rendered pages.
+//!
+//! Shape: [`ServeOptions`] (checked once) -> [`Server::start`] (binds, starts
+//! the event feed, the in-process worker and the run keeper) -> a cheap
+//! [`Server`] handle, stopped by [`Server::shutdown`], which drains runs
+//! started here and stops every task it spawned.
+//!
+//! Guarantees:
+//! - errors are JSON with a stable code, mapped in one place ([`ApiError`]);
+//!   a panic in a handler is a JSON 500, never a dropped connection;
+//! - without a configured token the server binds only to loopback addresses;
+//! - the event stream delivers events in id order, without gaps or repeats,
+//!   from the id a client gives (or `Last-Event-ID` on reconnect).
+
+mod api;
+pub mod auth;
+mod error;
+mod feed;
+mod graph;
+pub mod openapi;
+mod pages;
+mod runs;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use flowstone_core::{Engine, EngineError, Stop};
+use tokio::sync::watch;
+
+pub use api::{LaunchRequest, api_routes};
+pub use auth::{Right, TokenSpecError, Tokens};
+pub use error::ApiError;
+pub use feed::EventFeed;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub bind: SocketAddr,
+    pub tokens: Tokens,
+    /// Run an in-process worker loop over every run's steps.
+    pub worker: bool,
+    /// Steps the in-process worker runs at once.
+    pub worker_parallel: usize,
+    /// How often the event feed reads the store when nothing wakes it.
+    pub feed_every: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            tokens: Tokens::none(),
+            worker: true,
+            worker_parallel: flowstone_core::default_parallelism(),
+            feed_every: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to serve on {0} without an API token: anyone who can reach that address \
+         could launch runs; bind to 127.0.0.1 (the default), or set FLOWSTONE_API_TOKENS, \
+         e.g. FLOWSTONE_API_TOKENS=launch:$(openssl rand -hex 16)"
+    )]
+    OpenWithoutToken(SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server stopped: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ServeOptions {
+    /// Checks the options before anything starts.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::OpenWithoutToken`] for an address other than loopback
+    /// with no token configured.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if !self.bind.ip().is_loopback() && self.tokens.is_empty() {
+            return Err(ServeError::OpenWithoutToken(self.bind));
+        }
+        Ok(())
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    tokens: Tokens,
+    feed: EventFeed,
+    status: status::StatusCache,
+    runs: runs::Runs,
+}
+
+impl AppState {
+    /// State for a router; the feed must already be started.
+    pub fn new(engine: Engine, tokens: Tokens, feed: EventFeed) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                runs: runs::Runs::new(engine.clone(), feed.clone()),
+                engine,
+                tokens,
+                feed,
+                status: status::StatusCache::default(),
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Asks every run started through this state to stop claiming, and waits
+    /// for their running steps to be recorded.
+    pub async fn drain_runs(&self) {
+        self.inner.runs.drain().await;
+    }
+}
+
+/// The whole application: API, event stream, pages and static files.
+pub fn router(state: AppState) -> Router {
+    let api = api::routes(state.clone());
+    let pages = pages::routes(state.clone());
+    Router::new()
+        .merge(api)
+        .merge(pages)
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            api::panic_response,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(state)
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    serve: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    state: AppState,
+}
+
+impl Server {
+    /// Binds, starts the feed (and the worker unless disabled) and serves
+    /// until [`Server::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// Options that [`ServeOptions::check`] refuses, or an address that
+    /// cannot be bound.
+    pub async fn start(engine: Engine, options: ServeOptions) -> Result<Server, ServeError> {
+        options.check()?;
+        let listener = tokio::net::TcpListener::bind(options.bind)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: options.bind,
+                source,
+            })?;
+        let addr = listener.local_addr()?;
+
+        // Every task below stops when `stop` turns true.
+        let (stop, stop_rx) = watch::channel(false);
+        let (feed, feed_task) =
+            EventFeed::start(engine.store().clone(), options.feed_every, stop_rx.clone());
+        let state = AppState::new(engine.clone(), options.tokens.clone(), feed.clone());
+        let mut tasks = vec![feed_task];
+        tasks.push(runs::spawn_keeper(state.clone(), stop_rx.clone()));
+        tasks.push(spawn_maintenance(engine.clone(), stop_rx.clone()));
+        if options.worker {
+            tasks.push(spawn_worker(
+                engine,
+                options.worker_parallel,
+                stop_rx.clone(),
+            ));
+        }
+
+        // Warm the status cache, so the first page does not wait for it.
+        let warm = state.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = warm.inner.status.snapshot(warm.engine()).await {
+                tracing::warn!(target: "flowstone::server", error = %err,
+                               "cannot compute the status");
+            }
+        }));
+
+        let app = router(state.clone());
+        let mut shutdown = stop_rx;
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(target: "flowstone::server", %addr, worker = options.worker,
+                       tokens = options.tokens.len(), "serving");
+        Ok(Server {
+            addr,
+            stop,
+            tasks,
+            serve,
+            state,
+        })
+    }
+
+    /// The address bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `signal` completes, then shuts down.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Server::shutdown`].
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        signal.await;
+        self.shutdown().await
+    }
+
+    /// Stops accepting, drains runs started here, stops the worker and the
+    /// feed, and waits for all of them.
+    ///
+    /// # Errors
+    ///
+    /// An I/O failure of the listener.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.state.drain_runs().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        match self.serve.await {
+            Ok(result) => result.map_err(ServeError::Io),
+            Err(err) => Err(ServeError::Io(std::io::Error::other(err.to_string()))),
+        }
+    }
+}
+
+/// The leader's maintenance loops (rescue, finishing, pruning), taking part
+/// in the election with every worker and daemon of the store, until `stop`.
+fn spawn_maintenance(
+    engine: Engine,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (halt, halt_rx) = watch::channel(Stop::No);
+        let maintain = engine.maintain(
+            flowstone_core::maintenance::MaintenanceOptions::default(),
+            halt_rx,
+        );
+        tokio::pin!(maintain);
+        tokio::select! {
+            () = &mut maintain => return,
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        halt.send_replace(Stop::Drain);
+        maintain.await;
+    })
+}
+
+/// The in-process worker: claims steps of every run until `stop`.
+fn spawn_worker(
+    engine: Engine,
+    max_parallel: usize,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (drain, drain_rx) = watch::channel(Stop::No);
+        let (progress, _) = watch::channel(flowstone_core::Progress::default());
+        let opts = flowstone_core::WorkerOptions {
+            max_parallel,
+            ..flowstone_core::WorkerOptions::default()
+        };
+        let worker = engine.serve_worker(opts, drain_rx, progress);
+        tokio::pin!(worker);
+        let ended = tokio::select! {
+            result = &mut worker => Some(result),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let result: Result<(), EngineError> = match ended {
+            Some(result) => result,
+            None => {
+                drain.send_replace(Stop::Drain);
+                worker.await
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(target: "flowstone::server", error = %err, "in-process worker stopped");
+        }
+    })
+}

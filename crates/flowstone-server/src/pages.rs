@@ -1,0 +1,859 @@
+//! The dashboard: server-rendered pages (maud) that htmx refreshes when the
+//! event stream says something changed. No page polls on a timer: a
+//! fragment is fetched again only when an event of the kinds it shows
+//! arrives over `/api/v1/events`.
+//!
+//! The two scripts (htmx and its SSE extension) and the style sheet are
+//! compiled into the binary; nothing is loaded from another host.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use axum::Router;
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use flowstone_core::store::{EventRecord, RunRecord, StepRecord, StepState};
+use flowstone_core::{AssetKey, RunId};
+use jiff::Timestamp;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::api::LaunchRequest;
+use crate::error::{ApiError, ApiResult};
+use crate::graph::{NodeInfo, NodeState};
+
+const HTMX: &str = include_str!("../assets/vendor/htmx.min.js");
+const HTMX_SSE: &str = include_str!("../assets/vendor/htmx-ext-sse.js");
+const STYLE: &str = include_str!("../assets/style.css");
+
+pub(crate) fn routes(_state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/", get(graph_page))
+        .route("/ui/graph", get(graph_fragment))
+        .route("/assets/{key}", get(asset_page))
+        .route("/ui/assets/{key}/partitions", get(asset_fragment))
+        .route("/ui/assets/{key}/materialize", post(materialize))
+        .route("/ui/assets/{key}/backfill", post(backfill))
+        .route("/runs", get(runs_page))
+        .route("/ui/runs", get(runs_fragment))
+        .route("/runs/{id}", get(run_page))
+        .route("/ui/runs/{id}", get(run_fragment))
+        .route("/ui/runs/{id}/cancel", post(cancel))
+        .route("/login", get(login_page).post(login))
+        .route("/static/htmx.min.js", get(|| script(HTMX)))
+        .route("/static/htmx-ext-sse.js", get(|| script(HTMX_SSE)))
+        .route("/static/style.css", get(style))
+}
+
+async fn script(body: &'static str) -> Response {
+    static_file(body, "text/javascript; charset=utf-8")
+}
+
+async fn style() -> Response {
+    static_file(STYLE, "text/css; charset=utf-8")
+}
+
+fn static_file(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An error as a page (for a browser) rather than JSON.
+struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(err: ApiError) -> Self {
+        PageError(err)
+    }
+}
+
+impl From<flowstone_core::EngineError> for PageError {
+    fn from(err: flowstone_core::EngineError) -> Self {
+        PageError(err.into())
+    }
+}
+
+impl From<flowstone_core::StoreError> for PageError {
+    fn from(err: flowstone_core::StoreError) -> Self {
+        PageError(err.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        if status.is_server_error() {
+            tracing::error!(target: "flowstone::server", error = %self.0, "page failed");
+        }
+        let body = layout(
+            "Error",
+            html! {
+                div.error role="alert" {
+                    h1 { (status.as_u16()) " · " (self.0.code()) }
+                    p { (self.0.public_message()) }
+                    p { a href="/" { "Back to the asset graph" } }
+                }
+            },
+        );
+        (status, body).into_response()
+    }
+}
+
+type PageResult<T> = Result<T, PageError>;
+
+fn layout(title: &str, body: Markup) -> Html<String> {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · FlowStone" }
+                link rel="stylesheet" href="/static/style.css";
+                script src="/static/htmx.min.js" {}
+                script src="/static/htmx-ext-sse.js" {}
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "FlowStone" }
+                    nav {
+                        a href="/" { "Assets" }
+                        a href="/runs" { "Runs" }
+                        a href="/api/openapi.json" { "API" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    };
+    Html(page.into_string())
+}
+
+fn href_asset(key: &AssetKey) -> String {
+    format!("/assets/{}", key.as_str().replace('/', "%2F"))
+}
+
+fn short(id: RunId) -> String {
+    id.to_string().chars().take(8).collect()
+}
+
+fn when(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+// -- the graph ---------------------------------------------------------------------
+
+/// Assets with a step that may still run in a running run.
+async fn running_assets(state: &AppState) -> ApiResult<HashSet<AssetKey>> {
+    let store = state.engine().store();
+    let mut running = HashSet::new();
+    for run in store.runs(20).await? {
+        if run.state != flowstone_core::store::RunState::Running || run.steps.live() == 0 {
+            continue;
+        }
+        for step in store.steps(run.id).await? {
+            if !step.state.is_terminal() {
+                running.insert(step.target.asset.clone());
+            }
+        }
+    }
+    Ok(running)
+}
+
+async fn graph_svg(state: &AppState) -> ApiResult<String> {
+    let snapshot = state.inner.status.snapshot(state.engine()).await?;
+    let running = running_assets(state).await?;
+    let mut info = HashMap::new();
+    for (key, view) in &snapshot.assets {
+        let c = view.status.counts;
+        let node_state = if running.contains(key) {
+            NodeState::Running
+        } else if c.failed > 0 {
+            NodeState::Failed
+        } else if c.stale > 0 {
+            NodeState::Stale
+        } else if c.missing > 0 {
+            NodeState::Missing
+        } else {
+            NodeState::Fresh
+        };
+        let detail = format!("{}/{}", c.materialized + c.stale, c.total);
+        info.insert(
+            key.clone(),
+            NodeInfo {
+                state: node_state,
+                detail,
+            },
+        );
+    }
+    let defs = state.engine().definitions();
+    let layout = crate::graph::layout(defs);
+    Ok(crate::graph::svg(&layout, &info))
+}
+
+const GRAPH_EVENTS: &str = "sse:materialized, sse:run_started, sse:run_finished, \
+                            sse:step_failed, sse:run_interrupted, sse:run_resumed";
+
+async fn graph_page(State(state): State<AppState>) -> PageResult<Html<String>> {
+    let svg = graph_svg(&state).await?;
+    Ok(layout(
+        "Assets",
+        html! {
+            h1 { "Asset graph" }
+            p.legend {
+                @for s in [NodeState::Fresh, NodeState::Stale, NodeState::Failed,
+                           NodeState::Running, NodeState::Missing] {
+                    span class=(format!("chip state-{}", s.name())) {
+                        (s.marker()) " " (s.name())
+                    }
+                }
+            }
+            div hx-ext="sse" sse-connect="/api/v1/events" {
+                div #graph.graph-box hx-get="/ui/graph" hx-trigger=(GRAPH_EVENTS)
+                    hx-swap="innerHTML" {
+                    (PreEscaped(svg))
+                }
+            }
+            p.hint { "Click an asset for its partitions, materializations and actions. \
+                      The graph updates as runs record materializations." }
+        },
+    ))
+}
+
+async fn graph_fragment(State(state): State<AppState>) -> PageResult<Html<String>> {
+    Ok(Html(graph_svg(&state).await?))
+}
+
+// -- an asset ----------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct AssetQuery {
+    partition: Option<String>,
+    /// Set by a launch from this page that found nothing to do.
+    nothing: Option<String>,
+}
+
+fn asset_key(key: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    Ok(key?.0)
+}
+
+async fn asset_page(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    query: Result<Query<AssetQuery>, QueryRejection>,
+) -> PageResult<Html<String>> {
+    let key = asset_key(key)?;
+    let Query(query) = query.map_err(ApiError::from)?;
+    let def = state
+        .engine()
+        .definitions()
+        .lookup(&key)
+        .map_err(ApiError::UnknownAsset)?
+        .clone();
+    let defs = state.engine().definitions();
+    let href = href_asset(&def.key);
+    let example = def
+        .partitions
+        .as_ref()
+        .map(|p| p.example_key(Timestamp::now()));
+    let last = def.partitions.as_ref().and_then(|p| {
+        let now = Timestamp::now();
+        let n = p.len(now);
+        (n > 0).then(|| p.key_at(n - 1, now)).flatten()
+    });
+    let selected = match &query.partition {
+        Some(p) => Some(materialization_panel(&state, &def.key, Some(p)).await),
+        None if def.partitions.is_none() => {
+            Some(materialization_panel(&state, &def.key, None).await)
+        }
+        None => None,
+    };
+    let fragment = partitions_fragment(&state, &def.key).await?;
+    Ok(layout(
+        def.key.as_str(),
+        html! {
+            p.crumbs { a href="/" { "Assets" } " / " (def.key.as_str()) }
+            h1 { (def.key.as_str()) }
+            @if let Some(d) = &def.description { p.description { (d) } }
+            dl.facts {
+                dt { "Partitions" }
+                dd { (def.partitions.as_ref().map_or("none".to_owned(), |p| p.describe())) }
+                dt { "Code version" } dd { code { (def.code_version) } }
+                dt { "Upstream" }
+                dd {
+                    @for up in defs.upstream_of(&def.key) {
+                        a.pill href=(href_asset(&up.key)) { (up.key.as_str()) }
+                    }
+                    @if defs.upstream_of(&def.key).is_empty() { "none" }
+                }
+                dt { "Downstream" }
+                dd {
+                    @for down in defs.downstream_of(&def.key) {
+                        a.pill href=(href_asset(&down.key)) { (down.key.as_str()) }
+                    }
+                    @if defs.downstream_of(&def.key).is_empty() { "none" }
+                }
+            }
+            section.actions {
+                form.inline method="post" action=(format!("/ui{href}/materialize")) {
+                    @if def.partitions.is_some() {
+                        label { "Partition "
+                            input name="partition" required
+                                placeholder=(example.clone().unwrap_or_default())
+                                value=(query.partition.clone().unwrap_or_default());
+                        }
+                    }
+                    button #materialize type="submit" { "Materialize" }
+                }
+                @if def.partitions.is_some() {
+                    form.inline method="post" action=(format!("/ui{href}/backfill")) {
+                        label { "From " input name="from"
+                            value=(example.clone().unwrap_or_default()); }
+                        label { "to " input name="to"
+                            value=(last.as_ref().map_or("", |k| k.as_str())); }
+                        label.check { input type="checkbox" name="stale" value="true"; " stale too" }
+                        button type="submit" { "Backfill missing" }
+                    }
+                }
+            }
+            @if query.nothing.is_some() {
+                p.notice role="status" { "Nothing to do: every selected partition is already \
+                                          materialized." }
+            }
+            @if let Some(panel) = selected { (panel) }
+            div hx-ext="sse" sse-connect="/api/v1/events" {
+                div #partitions hx-get=(format!("/ui{href}/partitions"))
+                    hx-trigger="sse:materialized, sse:step_failed"
+                    hx-swap="innerHTML" {
+                    (fragment)
+                }
+            }
+        },
+    ))
+}
+
+async fn asset_fragment(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+) -> PageResult<Html<String>> {
+    let key = asset_key(key)?;
+    let def = state
+        .engine()
+        .definitions()
+        .lookup(&key)
+        .map_err(ApiError::UnknownAsset)?
+        .clone();
+    Ok(Html(
+        partitions_fragment(&state, &def.key).await?.into_string(),
+    ))
+}
+
+/// The most cells a heatmap draws; older partitions are left out.
+const MAX_CELLS: u64 = 9000;
+
+/// Counts and the heatmap: a calendar (a row per month) for daily
+/// partitions, a row per day for hourly ones, rows of cells otherwise.
+async fn partitions_fragment(state: &AppState, key: &AssetKey) -> ApiResult<Markup> {
+    let snapshot = state.inner.status.snapshot(state.engine()).await?;
+    let def = state
+        .engine()
+        .definitions()
+        .asset(key)
+        .expect("a defined asset")
+        .clone();
+    let view = snapshot
+        .assets
+        .get(key)
+        .ok_or_else(|| ApiError::Internal(format!("no status for {key}")))?;
+    let c = view.status.counts;
+    let href = href_asset(key);
+    let counts = html! {
+        p.counts #counts data-materialized=(c.materialized) data-stale=(c.stale)
+            data-failed=(c.failed) data-missing=(c.missing) data-total=(c.total) {
+            span.chip.state-fresh { "✓ materialized " (c.materialized) }
+            span.chip.state-stale { "↻ stale " (c.stale) }
+            span.chip.state-failed { "✕ failed " (c.failed) }
+            span.chip.state-missing { "○ missing " (c.missing) }
+            span.total { "of " (c.total) }
+        }
+    };
+    let Some(p) = &def.partitions else {
+        return Ok(counts);
+    };
+    let now = Timestamp::now();
+    let total = p.len(now);
+    let start = total.saturating_sub(MAX_CELLS);
+    let rows = view.page(p, start, total - start, now);
+    let kind = p.kind_name();
+    let mut grouped: BTreeMap<String, Vec<&crate::status::PartitionRow>> = BTreeMap::new();
+    for row in &rows {
+        let label = match kind {
+            "daily" => row.partition.get(..7).unwrap_or("").to_owned(),
+            "hourly" => row.partition.get(..10).unwrap_or("").to_owned(),
+            _ => format!("{:06}", row.index / 53),
+        };
+        grouped.entry(label).or_default().push(row);
+    }
+    Ok(html! {
+        (counts)
+        @if start > 0 {
+            p.hint { "Showing the last " (MAX_CELLS) " of " (total) " partitions." }
+        }
+        div class=(format!("heatmap heatmap-{kind}")) role="grid" aria-label="partitions" {
+            @for (label, cells) in &grouped {
+                div.hrow role="row" {
+                    span.hlabel { @if kind == "daily" || kind == "hourly" { (label) } }
+                    @if kind == "daily" {
+                        @let first_day: usize = cells.first()
+                            .and_then(|r| r.partition.get(8..10))
+                            .and_then(|d| d.parse().ok())
+                            .unwrap_or(1);
+                        @for _ in 1..first_day { span.cell.blank {} }
+                    }
+                    @for row in cells {
+                        a class=(format!("cell s-{}", row.state))
+                          href=(format!("{href}?partition={}", url_encode(&row.partition)))
+                          title=(format!("{}: {}{}", row.partition, row.state,
+                                         row.reason.as_ref().map_or(String::new(), |r| format!(" ({r})"))))
+                          data-partition=(row.partition) data-state=(row.state) {
+                            (cell_marker(row.state))
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn cell_marker(state: &str) -> &'static str {
+    match state {
+        "failed" => "✕",
+        "stale" => "↻",
+        _ => "",
+    }
+}
+
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One partition's latest materialization: metadata and direct lineage.
+async fn materialization_panel(
+    state: &AppState,
+    key: &AssetKey,
+    partition: Option<&str>,
+) -> Markup {
+    let engine = state.engine();
+    let found = async {
+        let target = engine.target(key.as_str(), partition)?;
+        let latest = engine
+            .store()
+            .latest_materializations(std::slice::from_ref(&target))
+            .await?;
+        let Some(m) = latest.into_iter().next() else {
+            return Ok::<_, ApiError>((target, None, Vec::new(), Vec::new()));
+        };
+        let inputs = engine.store().inputs_of(&[m.id]).await?;
+        let consumers = engine.store().consumers_of(&[m.id]).await?;
+        Ok((target, Some(m), inputs, consumers))
+    }
+    .await;
+    match found {
+        Err(err) => html! { div.error role="alert" { (err.public_message()) } },
+        Ok((target, None, _, _)) => html! {
+            section.panel { h2 { (target.to_string()) } p { "Never materialized." } }
+        },
+        Ok((target, Some(m), inputs, consumers)) => html! {
+            section.panel #materialization {
+                h2 { (target.to_string()) }
+                dl.facts {
+                    dt { "Materialization" } dd { "#" (m.id) }
+                    dt { "Run" } dd { a href=(format!("/runs/{}", m.run_id)) { (short(m.run_id)) } }
+                    dt { "Finished" } dd { (when(m.finished_at)) }
+                    dt { "By" } dd { (m.user) " (" (m.trigger) ")" }
+                    dt { "Code / data version" } dd { code { (m.code_version) } " / " code { (m.data_version) } }
+                    @for (k, v) in &m.metadata { dt { (k) } dd { code { (v.to_string()) } } }
+                }
+                div.lineage {
+                    div { h3 { "Read" }
+                        ul { @for (_, i) in &inputs {
+                            li { a href=(format!("{}?partition={}", href_asset(&i.target.asset),
+                                    url_encode(i.target.partition.as_ref().map_or("", |p| p.as_str()))))
+                                 { (i.target.to_string()) } " #" (i.id) }
+                        } @if inputs.is_empty() { li { "nothing" } } }
+                    }
+                    div { h3 { "Read by" }
+                        ul { @for (_, c) in &consumers {
+                            li { a href=(format!("{}?partition={}", href_asset(&c.target.asset),
+                                    url_encode(c.target.partition.as_ref().map_or("", |p| p.as_str()))))
+                                 { (c.target.to_string()) } " #" (c.id) }
+                        } @if consumers.is_empty() { li { "nothing yet" } } }
+                    }
+                }
+            }
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MaterializeForm {
+    partition: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BackfillForm {
+    from: Option<String>,
+    to: Option<String>,
+    stale: Option<String>,
+}
+
+/// After a launch from a page: to the run's page (htmx or plain form).
+fn to_run(headers: &HeaderMap, run: Option<&str>, back: &str) -> Response {
+    let target = run.map_or_else(|| format!("{back}?nothing=1"), |id| format!("/runs/{id}"));
+    if headers.contains_key("hx-request") {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        if let Ok(value) = HeaderValue::from_str(&target) {
+            response.headers_mut().insert("hx-redirect", value);
+        }
+        return response;
+    }
+    Redirect::to(&target).into_response()
+}
+
+async fn materialize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+    form: Result<Form<MaterializeForm>, FormRejection>,
+) -> PageResult<Response> {
+    let key = asset_key(key)?;
+    let Form(form) = form.map_err(ApiError::from)?;
+    let partitions = form
+        .partition
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .into_iter()
+        .collect();
+    let request = LaunchRequest {
+        assets: vec![key.clone()],
+        partitions,
+        ..LaunchRequest::default()
+    };
+    let (_, body) = crate::api::launch_run(&state, request).await?;
+    Ok(to_run(
+        &headers,
+        body["run_id"].as_str(),
+        &format!("/assets/{key}"),
+    ))
+}
+
+async fn backfill(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+    form: Result<Form<BackfillForm>, FormRejection>,
+) -> PageResult<Response> {
+    let key = asset_key(key)?;
+    let Form(form) = form.map_err(ApiError::from)?;
+    let text = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let (from, to) = (text(form.from), text(form.to));
+    let all = from.is_none() && to.is_none();
+    let request = LaunchRequest {
+        assets: vec![key.clone()],
+        mode: Some("backfill".to_owned()),
+        from,
+        to,
+        all,
+        stale: form.stale.is_some(),
+        ..LaunchRequest::default()
+    };
+    let (_, body) = crate::api::launch_run(&state, request).await?;
+    Ok(to_run(
+        &headers,
+        body["run_id"].as_str(),
+        &format!("/assets/{key}"),
+    ))
+}
+
+// -- runs ----------------------------------------------------------------------------
+
+fn run_state_chip(state: &str) -> Markup {
+    let (class, marker) = match state {
+        "succeeded" | "completed" => ("state-fresh", "✓"),
+        "failed" => ("state-failed", "✕"),
+        "running" => ("state-running", "▶"),
+        "cancelled" | "skipped" => ("state-missing", "–"),
+        _ => ("state-stale", "⏸"),
+    };
+    html! { span class=(format!("chip {class}")) data-state=(state) { (marker) " " (state) } }
+}
+
+fn runs_table(runs: &[RunRecord]) -> Markup {
+    html! {
+        table.runs {
+            thead { tr { th { "Run" } th { "State" } th { "What" } th { "Progress" } th { "By" } th { "Created" } } }
+            tbody {
+                @for run in runs {
+                    @let s = run.steps;
+                    @let done = s.completed + s.failed + s.skipped + s.cancelled;
+                    tr {
+                        td { a href=(format!("/runs/{}", run.id)) { code { (short(run.id)) } } }
+                        td { (run_state_chip(run.state.as_str())) }
+                        td.what { (run.description) }
+                        td { progress max=(s.total().max(1)) value=(done) {} " " (done) " / " (s.total()) }
+                        td { (run.user) }
+                        td { (when(run.created_at)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn runs_page(State(state): State<AppState>) -> PageResult<Html<String>> {
+    let runs = state.engine().store().runs(100).await?;
+    Ok(layout(
+        "Runs",
+        html! {
+            h1 { "Runs" }
+            div hx-ext="sse" sse-connect="/api/v1/events" {
+                div #runs hx-get="/ui/runs"
+                    hx-trigger="sse:run_started, sse:run_finished, sse:materialized, sse:run_interrupted"
+                    hx-swap="innerHTML" {
+                    (runs_table(&runs))
+                }
+            }
+        },
+    ))
+}
+
+async fn runs_fragment(State(state): State<AppState>) -> PageResult<Html<String>> {
+    let runs = state.engine().store().runs(100).await?;
+    Ok(Html(runs_table(&runs).into_string()))
+}
+
+fn run_id(id: Result<Path<String>, PathRejection>) -> ApiResult<RunId> {
+    let text = id?.0;
+    text.parse()
+        .map_err(|err: flowstone_core::ids::RunIdError| ApiError::BadRequest(err.to_string()))
+}
+
+async fn run_parts(
+    state: &AppState,
+    id: RunId,
+) -> ApiResult<(RunRecord, Vec<StepRecord>, Vec<EventRecord>)> {
+    let store = state.engine().store();
+    let run = store.run(id).await?.ok_or_else(|| {
+        ApiError::UnknownRun(format!("no run with id {id}; the runs page lists them"))
+    })?;
+    let steps = store.steps(id).await?;
+    // The newest events: page to the end, keep the last 200.
+    let mut events: Vec<EventRecord> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.events(id, after, 5000).await?;
+        let full = page.len() == 5000;
+        after = page.last().map(|e| e.id).or(after);
+        events.extend(page);
+        if events.len() > 200 {
+            events.drain(..events.len() - 200);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok((run, steps, events))
+}
+
+fn run_body(run: &RunRecord, steps: &[StepRecord], events: &[EventRecord]) -> Markup {
+    let s = run.steps;
+    let done = s.completed + s.failed + s.skipped + s.cancelled;
+    let queued = s.pending + s.available + s.retryable;
+    let elapsed = run
+        .finished_at
+        .unwrap_or_else(Timestamp::now)
+        .duration_since(run.created_at)
+        .as_secs_f64()
+        .max(0.001);
+    let rate = s.completed as f64 / elapsed;
+    let left = s.live();
+    let eta = if rate > 0.0 && left > 0 {
+        format!("about {:.0} s left", left as f64 / rate)
+    } else {
+        "–".to_owned()
+    };
+    html! {
+        div.summary #run-summary data-state=(run.state.as_str()) {
+            (run_state_chip(run.state.as_str()))
+            span { "done " strong { (done) } " / " (s.total()) }
+            span { "✓ " (s.completed) " completed" }
+            span { "✕ " (s.failed) " failed" }
+            span { "▶ " (s.running) " running" }
+            span { "… " (queued) " queued" }
+            span { (format!("{rate:.1}")) " steps/s · " (eta) }
+        }
+        progress.big max=(s.total().max(1)) value=(done) {}
+        h2 { "Steps" }
+        div.steps role="list" {
+            @for step in steps.iter().take(5000) {
+                @let st = step.state.as_str();
+                span class=(format!("step s-{}", step_class(step.state))) role="listitem"
+                    title=(format!("{}: {st}{}", step.target, step.error.as_ref().map_or(String::new(), |e| format!(" ({e})"))))
+                    data-target=(step.target.to_string()) data-state=(st) {
+                    (step_marker(step.state))
+                }
+            }
+        }
+        h2 { "Events" }
+        table.events {
+            tbody {
+                @for e in events.iter().rev() {
+                    tr class=(format!("level-{}", e.level.as_str())) {
+                        td.t { (e.at.strftime("%H:%M:%S%.3f").to_string()) }
+                        td { code { (e.kind.as_str()) } }
+                        td { (e.message) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn step_class(state: StepState) -> &'static str {
+    match state {
+        StepState::Completed => "materialized",
+        StepState::Failed => "failed",
+        StepState::Running => "running",
+        StepState::Skipped | StepState::Cancelled => "missing",
+        StepState::Pending | StepState::Available | StepState::Retryable => "queued",
+    }
+}
+
+fn step_marker(state: StepState) -> &'static str {
+    match state {
+        StepState::Completed => "✓",
+        StepState::Failed => "✕",
+        StepState::Running => "▶",
+        StepState::Retryable => "↻",
+        _ => "",
+    }
+}
+
+async fn run_page(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> PageResult<Html<String>> {
+    let id = run_id(id)?;
+    let (run, steps, events) = run_parts(&state, id).await?;
+    let live = !run.state.is_terminal();
+    Ok(layout(
+        &format!("Run {}", short(id)),
+        html! {
+            p.crumbs { a href="/runs" { "Runs" } " / " code { (id) } }
+            h1 { "Run " code { (short(id)) } }
+            p.description { (run.description) " · by " (run.user) " (" (run.trigger) ") · " (when(run.created_at)) }
+            @if live {
+                form.inline method="post" action=(format!("/ui/runs/{id}/cancel")) {
+                    button.danger type="submit" { "Cancel run" }
+                }
+            }
+            div hx-ext="sse" sse-connect=(format!("/api/v1/events?run={id}")) {
+                div #run hx-get=(format!("/ui/runs/{id}"))
+                    hx-trigger="sse:materialized, sse:step_failed, sse:run_finished, sse:step_skipped, sse:run_interrupted, sse:run_resumed, sse:log"
+                    hx-swap="innerHTML" {
+                    (run_body(&run, &steps, &events))
+                }
+            }
+        },
+    ))
+}
+
+async fn run_fragment(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> PageResult<Html<String>> {
+    let id = run_id(id)?;
+    let (run, steps, events) = run_parts(&state, id).await?;
+    Ok(Html(run_body(&run, &steps, &events).into_string()))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> PageResult<Response> {
+    let id = run_id(id)?;
+    state.engine().cancel(id).await?;
+    state.inner.feed.wake();
+    let id = id.to_string();
+    Ok(to_run(&headers, Some(&id), "/runs"))
+}
+
+// -- signing in ------------------------------------------------------------------------
+
+fn login_form(message: Option<&str>) -> Html<String> {
+    layout(
+        "Sign in",
+        html! {
+            h1 { "Sign in" }
+            @if let Some(m) = message { div.error role="alert" { (m) } }
+            form.login method="post" action="/login" {
+                label { "API token " input type="password" name="token" required autocomplete="current-password"; }
+                button type="submit" { "Sign in" }
+            }
+            p.hint { "Tokens are configured with FLOWSTONE_API_TOKENS where the server runs." }
+        },
+    )
+}
+
+async fn login_page() -> Html<String> {
+    login_form(None)
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return (StatusCode::BAD_REQUEST, login_form(Some("Give a token."))).into_response();
+    };
+    let token = form.token.trim();
+    if state.inner.tokens.right_of(token).is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            login_form(Some("That token is not valid here.")),
+        )
+            .into_response();
+    }
+    let cookie = format!(
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/",
+        crate::auth::COOKIE
+    );
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}

@@ -1,0 +1,1058 @@
+//! The JSON API end to end, in process: every route, good input and bad, with
+//! the error JSON asserted. Runs really run (in-memory SQLite, in-memory
+//! values) through the same worker loop as the CLI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use flowstone_core::{AssetBuilder, Definitions, Engine, MemoryIoManager, Store};
+use flowstone_partitions::TimeWindowPartitions;
+use flowstone_server::{AppState, EventFeed, Right, Tokens};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// `numbers` (daily, January 2024) -> `total` (daily); `config` (not
+/// partitioned); `big` (hourly since 1900: about a million partitions).
+fn definitions() -> Definitions {
+    let january = || {
+        TimeWindowPartitions::daily("2024-01-01")
+            .time_zone("UTC")
+            .end("2024-02-01")
+            .build()
+    };
+    Definitions::builder()
+        .add_asset(
+            AssetBuilder::new("numbers")
+                .description("Numbers of the day.")
+                .partitions(january())
+                .compute(|ctx, _inputs| async move {
+                    let day = ctx.require_partition_key()?.as_str().to_owned();
+                    ctx.add_metadata("rows", 3);
+                    Ok(vec![day.len() as u32, 2, 3])
+                }),
+        )
+        .add_asset(
+            AssetBuilder::new("total")
+                .partitions(january())
+                .dep::<Vec<u32>>("numbers")
+                .compute(|_ctx, mut inputs| async move {
+                    let numbers: Vec<u32> = inputs.take::<Vec<u32>, _>("numbers")?;
+                    Ok(numbers.iter().sum::<u32>())
+                }),
+        )
+        .add_asset(AssetBuilder::new("config").compute(|_ctx, _inputs| async move { Ok(7u32) }))
+        .add_asset(
+            AssetBuilder::new("big")
+                .partitions(
+                    TimeWindowPartitions::hourly("1900-01-01")
+                        .time_zone("UTC")
+                        .end("2020-01-01")
+                        .build(),
+                )
+                .compute(|_ctx, _inputs| async move { Ok(1u8) }),
+        )
+        .build()
+        .expect("the test definitions are valid")
+}
+
+struct App {
+    router: Router,
+    state: AppState,
+    _stop: watch::Sender<bool>,
+}
+
+async fn app_with(tokens: Tokens) -> App {
+    let store = flowstone_sqlite::SqliteStore::in_memory()
+        .await
+        .expect("an in-memory store");
+    let store: Arc<dyn Store> = Arc::new(store);
+    let engine = Engine::new(definitions(), store.clone())
+        .with_default_io(Arc::new(MemoryIoManager::new()))
+        .with_user("tester");
+    let (stop, stop_rx) = watch::channel(false);
+    let (feed, _task) = EventFeed::start(store, Duration::from_millis(20), stop_rx);
+    let state = AppState::new(engine, tokens, feed);
+    App {
+        router: flowstone_server::router(state.clone()),
+        state,
+        _stop: stop,
+    }
+}
+
+async fn app() -> App {
+    app_with(Tokens::none()).await
+}
+
+impl App {
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router answers");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.send(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Waits (up to 10 s) for a run to leave `running`; returns the run.
+    async fn wait_run(&self, run: &str) -> Value {
+        for _ in 0..500 {
+            let (status, body) = self.get(&format!("/api/v1/runs/{run}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body["run"]["state"] != "running" {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("run {run} did not end within 10 s");
+    }
+
+    async fn materialize(&self, asset: &str, partition: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/runs",
+                json!({ "assets": [asset], "partitions": [partition] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let run = body["run_id"].as_str().expect("a run id").to_owned();
+        let ended = self.wait_run(&run).await;
+        assert_eq!(ended["run"]["state"], "succeeded", "{ended}");
+        run
+    }
+}
+
+/// Asserts the error shape, the status and the code; returns the message.
+fn error(got: (StatusCode, Value), status: StatusCode, code: &str) -> String {
+    let (got_status, body) = got;
+    assert_eq!(got_status, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("an error message")
+        .to_owned();
+    assert!(!message.is_empty());
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_in_the_openapi_document() {
+    let app = app().await;
+    let (status, doc) = app.get("/api/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    let routes = flowstone_server::api_routes();
+    for (method, path) in &routes {
+        let method = method.as_str().to_ascii_lowercase();
+        assert!(
+            paths.get(*path).and_then(|p| p.get(&method)).is_some(),
+            "{method} {path} is served but not in the OpenAPI document"
+        );
+    }
+    for (path, methods) in paths {
+        for method in methods.as_object().expect("methods").keys() {
+            let served = routes
+                .iter()
+                .any(|(m, p)| p == path && m.as_str().eq_ignore_ascii_case(method));
+            assert!(served, "{method} {path} is documented but not served");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_unknown_routes() {
+    let app = app().await;
+    let (status, body) = app.get("/api/v1/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["assets"], 4);
+
+    let message = error(
+        app.get("/api/v1/nope").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert!(message.contains("/api/v1/nope"), "{message}");
+    let message = error(
+        app.send(
+            Request::delete("/api/v1/assets")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    assert!(message.contains("DELETE"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_list_and_detail() {
+    let app = app().await;
+    let (status, body) = app.get("/api/v1/assets").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let assets = body["assets"].as_array().expect("assets");
+    assert_eq!(assets.len(), 4);
+    let numbers = assets.iter().find(|a| a["key"] == "numbers").unwrap();
+    assert_eq!(numbers["partitions"]["kind"], "daily");
+    assert_eq!(numbers["partitions"]["count"], 31);
+    assert_eq!(numbers["counts"]["missing"], 31);
+    assert_eq!(numbers["downstream"], json!(["total"]));
+    assert_eq!(numbers["latest"], Value::Null);
+    assert_eq!(numbers["description"], "Numbers of the day.");
+
+    let (status, total) = app.get("/api/v1/assets/total").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(total["upstream"], json!(["numbers"]));
+
+    let message = error(
+        app.get("/api/v1/assets/numbrs").await,
+        StatusCode::NOT_FOUND,
+        "unknown_asset",
+    );
+    assert!(
+        message.contains("numbrs") && message.contains("numbers"),
+        "{message}"
+    );
+    let message = error(
+        app.get("/api/v1/assets/bad%20key").await,
+        StatusCode::NOT_FOUND,
+        "unknown_asset",
+    );
+    assert!(message.contains("invalid asset key"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_pages_ranges_and_bad_input() {
+    let app = app().await;
+    let (status, page) = app.get("/api/v1/assets/numbers/partitions?limit=5").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 31);
+    let rows = page["partitions"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[0]["partition"], "2024-01-01");
+    assert_eq!(rows[0]["state"], "missing");
+
+    let (status, page) = app
+        .get("/api/v1/assets/numbers/partitions?from=2024-01-30&to=2024-01-31")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let keys: Vec<&str> = page["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["partition"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["2024-01-30", "2024-01-31"]);
+
+    // A million partitions: the last page and the ranges, without listing them.
+    let (status, big) = app.get("/api/v1/assets/big").await;
+    assert_eq!(status, StatusCode::OK);
+    let count = big["partitions"]["count"].as_u64().unwrap();
+    assert!(count > 1_000_000, "{count}");
+    let (status, page) = app
+        .get(&format!(
+            "/api/v1/assets/big/partitions?offset={}&limit=3",
+            count - 3
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["partitions"][2]["partition"], "2019-12-31T23:00+00:00");
+    let (status, ranges) = app.get("/api/v1/assets/big/partitions/ranges").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ranges["ranges"].as_array().unwrap().len(), 1);
+    assert_eq!(ranges["ranges"][0]["count"], count);
+    assert_eq!(ranges["ranges"][0]["state"], "missing");
+    let (status, page) = app
+        .get("/api/v1/assets/big/partitions?state=missing&offset=999999&limit=2")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["partitions"][0]["index"], 999_999);
+
+    // Bad input: each says what was wrong and what is accepted.
+    let message = error(
+        app.get("/api/v1/assets/numbers/partitions?from=2024-01-31&to=2024-01-02")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_range",
+    );
+    assert!(message.contains("reversed"), "{message}");
+    error(
+        app.get("/api/v1/assets/numbers/partitions?from=2024-01-02")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_range",
+    );
+    let message = error(
+        app.get("/api/v1/assets/numbers/partitions?from=2024-13-01&to=2024-01-02")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    assert!(message.contains("2024-13-01"), "{message}");
+    let message = error(
+        app.get("/api/v1/assets/numbers/partitions?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("1 to 10000"), "{message}");
+    let message = error(
+        app.get("/api/v1/assets/numbers/partitions?limit=many")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("limit"), "{message}");
+    let message = error(
+        app.get("/api/v1/assets/numbers/partitions?state=green")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(
+        message.contains("materialized, stale, failed, missing"),
+        "{message}"
+    );
+    error(
+        app.get("/api/v1/assets/numbers/partitions?colour=red")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        app.get("/api/v1/assets/config/partitions").await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    error(
+        app.get("/api/v1/assets/config/partitions/ranges").await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    error(
+        app.get("/api/v1/assets/nope/partitions/ranges").await,
+        StatusCode::NOT_FOUND,
+        "unknown_asset",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_materialize_and_read_the_record() {
+    let app = app().await;
+    let run = app.materialize("numbers", "2024-01-05").await;
+    let run2 = app.materialize("total", "2024-01-05").await;
+    assert_ne!(run, run2);
+
+    // Status, counts and ranges see it.
+    let (_, asset) = app.get("/api/v1/assets/numbers").await;
+    assert_eq!(asset["counts"]["materialized"], 1, "{asset}");
+    assert_eq!(asset["latest"]["partition"], "2024-01-05");
+    let (_, ranges) = app.get("/api/v1/assets/numbers/partitions/ranges").await;
+    let states: Vec<(&str, u64)> = ranges["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["state"].as_str().unwrap(), r["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [("missing", 4), ("materialized", 1), ("missing", 26)]
+    );
+    let (_, page) = app
+        .get("/api/v1/assets/numbers/partitions?state=materialized")
+        .await;
+    assert_eq!(page["partitions"][0]["partition"], "2024-01-05");
+
+    // The materialization, its metadata and lineage both ways.
+    let (status, latest) = app
+        .get("/api/v1/assets/numbers/materializations/latest?partition=2024-01-05")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{latest}");
+    assert_eq!(latest["materialization"]["metadata"]["rows"], 3);
+    assert_eq!(latest["consumers"][0]["target"]["asset"], "total");
+    let id = latest["materialization"]["id"].as_i64().unwrap();
+    let (status, by_id) = app.get(&format!("/api/v1/materializations/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_id["materialization"]["run_id"], run.as_str());
+    let (status, up) = app
+        .get("/api/v1/assets/total/lineage?partition=2024-01-05&direction=upstream")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{up}");
+    assert_eq!(up["nodes"].as_array().unwrap().len(), 1);
+    let (status, down) = app
+        .get("/api/v1/assets/numbers/lineage?partition=2024-01-05&direction=downstream&depth=1")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{down}");
+    assert_eq!(down["direction"], "downstream");
+    let (status, impact) = app
+        .get("/api/v1/assets/numbers/impact?partition=2024-01-05")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(impact["impact"][0]["asset"], "total");
+    assert_eq!(impact["impact"][0]["partitions"], json!(["2024-01-05"]));
+
+    // Bad input on these routes.
+    let message = error(
+        app.get("/api/v1/assets/numbers/materializations/latest?partition=2024-01-06")
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert!(message.contains("never been materialized"), "{message}");
+    let message = error(
+        app.get("/api/v1/assets/numbers/materializations/latest")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    assert!(message.contains("?partition=2024-01-01"), "{message}");
+    error(
+        app.get("/api/v1/assets/config/impact?partition=x").await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    error(
+        app.get("/api/v1/assets/numbers/impact?partition=yesterday")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    error(
+        app.get("/api/v1/assets/numbers/lineage?partition=2024-01-05&direction=sideways")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        app.get("/api/v1/assets/numbers/lineage?partition=2024-01-05&depth=0")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        app.get("/api/v1/materializations/abc").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        app.get("/api/v1/materializations/999999").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Runs: list, detail, events, cancel and resume of an ended run.
+    let (status, runs) = app.get("/api/v1/runs?limit=10").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(runs["runs"][0]["id"], run2.as_str());
+    let (status, detail) = app.get(&format!("/api/v1/runs/{run}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["steps"][0]["state"], "completed");
+    let (status, events) = app.get(&format!("/api/v1/runs/{run}/events?limit=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events["events"][0]["kind"], "run_started");
+    let after = events["next_after"].as_i64().unwrap();
+    let (_, rest) = app
+        .get(&format!("/api/v1/runs/{run}/events?after={after}"))
+        .await;
+    let kinds: Vec<&str> = rest["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"materialized"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run_finished"));
+    let (status, cancelled) = app
+        .post(&format!("/api/v1/runs/{run}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cancelled["cancelled"], false);
+    let message = error(
+        app.post(&format!("/api/v1/runs/{run}/resume"), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    assert!(message.contains("already ended"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_and_nothing_to_do() {
+    let app = app().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbers", "total"], "mode": "backfill",
+                    "from": "2024-01-01", "to": "2024-01-03", "max_parallel": 2 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["steps"], 6);
+    let run = body["run_id"].as_str().unwrap().to_owned();
+    let ended = app.wait_run(&run).await;
+    assert_eq!(ended["run"]["steps"]["completed"], 6, "{ended}");
+
+    let (status, body) = app
+        .post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbers"], "mode": "backfill",
+                    "from": "2024-01-01", "to": "2024-01-03" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["run_id"], Value::Null);
+    assert_eq!(body["already_materialized"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_refuses_bad_input() {
+    let app = app().await;
+    let raw = |body: &str, content_type: Option<&str>| {
+        let mut request = Request::post("/api/v1/runs");
+        if let Some(ct) = content_type {
+            request = request.header(header::CONTENT_TYPE, ct);
+        }
+        request.body(Body::from(body.to_owned())).unwrap()
+    };
+    let message = error(
+        app.send(raw("{\"assets\": [", Some("application/json")))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("malformed JSON"), "{message}");
+    let message = error(
+        app.send(raw("{}", None)).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(
+        message.contains("Content-Type: application/json"),
+        "{message}"
+    );
+    let message = error(
+        app.post("/api/v1/runs", json!({ "asset": ["numbers"] }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("unknown field"), "{message}");
+    let message = error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbrs"], "partitions": ["2024-01-01"] }),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "unknown_asset",
+    );
+    assert!(message.contains("numbers"), "{message}");
+    let message = error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbers"], "partitions": ["2024-02-30"] }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    assert!(message.contains("2024-02-30"), "{message}");
+    let message = error(
+        app.post("/api/v1/runs", json!({ "assets": ["numbers"] }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_partition",
+    );
+    assert!(message.contains("\"partitions\""), "{message}");
+    let message = error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbers"], "from": "2024-01-09", "to": "2024-01-02" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_range",
+    );
+    assert!(message.contains("reversed"), "{message}");
+    error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbers"], "from": "2024-01-09" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_range",
+    );
+    error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbers"], "all": true, "partitions": ["2024-01-01"] }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let message = error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["config"], "mode": "refresh" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("\"backfill\""), "{message}");
+    error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["config"], "max_parallel": 0 }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["config"], "force": true }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let message = error(
+        app.post(
+            "/api/v1/runs",
+            json!({ "assets": ["total"], "partitions": ["2024-01-07"] }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    assert!(message.contains("with_upstream"), "{message}");
+    let (status, _) = app.get("/api/v1/runs").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_refuse_bad_ids() {
+    let app = app().await;
+    let unknown = "01890a5d-ac96-774b-bcce-b302099a8057";
+    let message = error(
+        app.get("/api/v1/runs/not-a-run").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("UUID"), "{message}");
+    error(
+        app.get(&format!("/api/v1/runs/{unknown}")).await,
+        StatusCode::NOT_FOUND,
+        "unknown_run",
+    );
+    error(
+        app.get(&format!("/api/v1/runs/{unknown}/events")).await,
+        StatusCode::NOT_FOUND,
+        "unknown_run",
+    );
+    error(
+        app.post(&format!("/api/v1/runs/{unknown}/cancel"), json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "unknown_run",
+    );
+    error(
+        app.post(&format!("/api/v1/runs/{unknown}/resume"), json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "unknown_run",
+    );
+    error(
+        app.post(
+            &format!("/api/v1/runs/{unknown}/resume?max_parallel=0"),
+            json!({}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        app.get("/api/v1/runs?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        app.get(&format!("/api/v1/events?run={unknown}")).await,
+        StatusCode::NOT_FOUND,
+        "unknown_run",
+    );
+    error(
+        app.get("/api/v1/events?run=xyz").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+}
+
+/// Reads the event stream until `want` appears in it, or 10 s pass.
+async fn read_until(body: &mut Body, want: &str) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(want) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in the stream within 10 s; got {seen}"))
+            .expect("the stream goes on")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_pushes_run_step_and_materialization_events() {
+    let app = app().await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(Request::get("/api/v1/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body();
+
+    let run = app.materialize("numbers", "2024-01-09").await;
+    let seen = read_until(&mut body, "event: run_finished").await;
+    for kind in ["run_started", "step_started", "materialized"] {
+        assert!(
+            seen.contains(&format!("event: {kind}")),
+            "{kind} missing in {seen}"
+        );
+    }
+    assert!(seen.contains(&run), "{seen}");
+
+    // A client that gives an id replays what came after it, for one run.
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get(format!("/api/v1/events?after=0&run={run}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let replayed = read_until(&mut body, "event: run_finished").await;
+    assert!(
+        replayed.starts_with(": ") || replayed.contains("event: run_started"),
+        "{replayed}"
+    );
+    assert!(
+        replayed.contains("\"partition\":\"2024-01-09\""),
+        "{replayed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_every_route_and_launch_needs_the_right() {
+    let read = "read-secret-0123456789";
+    let launch = "launch-secret-0123456789";
+    let app = app_with(
+        Tokens::none()
+            .with(read, Right::Read)
+            .with(launch, Right::Launch),
+    )
+    .await;
+    let with = |method: Method, uri: &str, token: Option<&str>| {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({ "assets": ["config"] }).to_string()))
+            .unwrap()
+    };
+
+    let (status, _) = app.get("/api/v1/health").await;
+    assert_eq!(status, StatusCode::OK, "the health check needs no token");
+    for uri in [
+        "/api/v1/assets",
+        "/api/v1/runs",
+        "/api/openapi.json",
+        "/api/v1/events",
+    ] {
+        let message = error(
+            app.send(with(Method::GET, uri, None)).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert!(message.contains("Bearer"), "{message}");
+        error(
+            app.send(with(Method::GET, uri, Some("wrong-secret-0123456789")))
+                .await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+    }
+    let (status, _) = app
+        .send(with(Method::GET, "/api/v1/assets", Some(read)))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The session cookie carries the same token.
+    let (status, _) = app
+        .send(
+            Request::get("/api/v1/assets")
+                .header(header::COOKIE, format!("other=1; flowstone_token={read}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let message = error(
+        app.send(with(Method::POST, "/api/v1/runs", Some(read)))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert!(message.contains("launch right"), "{message}");
+    error(
+        app.send(with(Method::POST, "/api/v1/runs", None)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let (status, body) = app
+        .send(with(Method::POST, "/api/v1/runs", Some(launch)))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let run = body["run_id"].as_str().unwrap();
+    error(
+        app.send(with(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/cancel"),
+            Some(read),
+        ))
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    app.state.drain_runs().await;
+}
+
+#[test]
+fn open_address_without_a_token_is_refused() {
+    let options = flowstone_server::ServeOptions {
+        bind: "0.0.0.0:3000".parse().unwrap(),
+        ..Default::default()
+    };
+    let err = options.check().unwrap_err().to_string();
+    assert!(
+        err.contains("0.0.0.0:3000") && err.contains("FLOWSTONE_API_TOKENS"),
+        "{err}"
+    );
+    let with_token = flowstone_server::ServeOptions {
+        tokens: Tokens::none().with("launch-secret-0123456789", Right::Launch),
+        ..options
+    };
+    assert!(with_token.check().is_ok());
+    assert!(flowstone_server::ServeOptions::default().check().is_ok());
+}
+
+// -- pages -----------------------------------------------------------------------
+
+async fn page(app: &App, uri: &str) -> (StatusCode, String) {
+    let (status, body) = app
+        .send(
+            Request::get(uri)
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    (status, body.as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_render_and_refuse_bad_input_with_a_page() {
+    let app = app().await;
+    let (status, graph) = page(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(graph.matches("class=\"node state-").count(), 4, "{graph}");
+    assert!(graph.contains("data-asset=\"numbers\" data-state=\"missing\""));
+    assert!(graph.contains("sse-connect=\"/api/v1/events\""));
+    assert!(graph.contains("/static/htmx.min.js"));
+
+    let (status, asset) = page(&app, "/assets/numbers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(asset.matches("class=\"cell s-missing\"").count(), 31);
+    assert!(asset.contains("data-missing=\"31\""));
+
+    let (status, body) = page(&app, "/assets/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body.contains("unknown_asset") && body.contains("unknown asset nope"),
+        "{body}"
+    );
+    let (status, body) = page(&app, "/runs/not-a-run").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("invalid run id"), "{body}");
+
+    // Launching from a form: a bad key is a page that says so; a good one
+    // goes to the run's page.
+    let form = |uri: &str, body: &str| {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let response = app
+        .router
+        .clone()
+        .oneshot(form(
+            "/ui/assets/numbers/materialize",
+            "partition=2024-02-30",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = app
+        .router
+        .clone()
+        .oneshot(form(
+            "/ui/assets/numbers/materialize",
+            "partition=2024-01-03",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(location.starts_with("/runs/"), "{location}");
+    let run = location.trim_start_matches("/runs/").to_owned();
+    app.wait_run(&run).await;
+    let (status, run_page) = page(&app, &location).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(run_page.contains("data-state=\"succeeded\""), "{run_page}");
+    // A backfill of what exists has nothing to do, and the page says so.
+    let response = app
+        .router
+        .clone()
+        .oneshot(form(
+            "/ui/assets/numbers/backfill",
+            "from=2024-01-03&to=2024-01-03",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let back = response.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(back, "/assets/numbers?nothing=1");
+    let (_, notice) = page(&app, &back).await;
+    assert!(notice.contains("Nothing to do"), "{notice}");
+
+    let (status, runs) = page(&app, "/runs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(runs.contains(&run[..8]));
+
+    let (status, script) = page(&app, "/static/htmx-ext-sse.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(script.contains("defineExtension('sse'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_ask_to_sign_in_and_the_cookie_lets_in() {
+    let secret = "read-secret-0123456789";
+    let app = app_with(Tokens::none().with(secret, Right::Read)).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/")
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/login");
+    let (status, _) = page(&app, "/login").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let login = |token: &str| {
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}")))
+            .unwrap()
+    };
+    let refused = app
+        .router
+        .clone()
+        .oneshot(login("wrong-0123456789abc"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(!refused.headers().contains_key(header::SET_COOKIE));
+    let accepted = app.router.clone().oneshot(login(secret)).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::SEE_OTHER);
+    let cookie = accepted.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let (status, _) = app
+        .send(
+            Request::get("/")
+                .header(header::COOKIE, pair)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
