@@ -264,9 +264,7 @@ async fn claim_work_commit(
                 if *stop.borrow() == Stop::Abort {
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
-                    let released = store
-                        .release(opts.run, std::slice::from_ref(&shared.worker),
-                                 "worker stopped", Timestamp::now())
+                    let released = release_own(store.as_ref(), &shared.worker, opts.run)
                         .await?;
                     tracing::info!(worker = %shared.worker, steps = released.len(),
                                    "released running steps");
@@ -366,6 +364,39 @@ async fn next_notice(
             }
         }
     }
+}
+
+/// Hands the worker's running steps back to the queue, trying a few times
+/// over about three seconds when the store fails (else they wait for their
+/// lease to expire and the leader's rescue).
+async fn release_own(
+    store: &dyn Store,
+    worker: &WorkerId,
+    run: Option<RunId>,
+) -> Result<Vec<crate::ids::StepId>, StoreError> {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..5 {
+        let now = Timestamp::now();
+        match store
+            .release(run, std::slice::from_ref(worker), "worker stopped", now)
+            .await
+        {
+            Err(StoreError::Backend(err)) => {
+                tracing::warn!(worker = %worker, error = %err, "cannot hand steps back; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    store
+        .release(
+            run,
+            std::slice::from_ref(worker),
+            "worker stopped",
+            Timestamp::now(),
+        )
+        .await
 }
 
 /// How long a worker keeps retrying a store call that fails for a reason

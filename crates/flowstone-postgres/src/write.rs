@@ -288,6 +288,12 @@ impl PostgresStore {
             .db()?;
         }
 
+        // Idle workers wake when this commits.
+        sqlx::query("SELECT pg_notify('flowstone', $1::text)")
+            .bind(run.id.0)
+            .execute(&mut *tx)
+            .await
+            .db()?;
         tx.commit().await.db()?;
 
         Ok(run.into_record(&upstream))

@@ -245,6 +245,7 @@ impl SqliteStore {
         }
 
         tx.commit().await.db()?;
+        self.notify([run.id]);
 
         Ok(run.into_record(&upstream))
     }
