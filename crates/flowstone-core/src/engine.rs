@@ -596,18 +596,6 @@ impl Engine {
         maintenance::run_maintenance(self.store.clone(), WorkerId::for_this_process(), opts, stop)
             .await;
     }
-
-    /// Ends a `running` run whose steps have all ended (as the loop that
-    /// works on one run does when it finishes); `None` while a step may
-    /// still run. For runs whose last steps a [`Engine::serve_worker`] loop
-    /// took. Calling it again, or concurrently, records the end once.
-    pub async fn finish_if_done(&self, run: RunId) -> Result<Option<RunState>, EngineError> {
-        let counts = self.store.step_counts(run).await?;
-        if counts.live() > 0 {
-            return Ok(None);
-        }
-        Ok(Some(worker::finish_run(self.store.as_ref(), run).await?))
-    }
 }
 
 /// A worker is dead when it stopped heartbeating, or when it ran on this host

@@ -114,7 +114,7 @@ impl AppState {
     pub fn new(engine: Engine, tokens: Tokens, feed: EventFeed) -> Self {
         AppState {
             inner: Arc::new(Inner {
-                runs: runs::Runs::new(engine.clone(), feed.clone()),
+                runs: runs::Runs::new(feed.clone()),
                 engine,
                 tokens,
                 feed,
@@ -188,7 +188,6 @@ impl Server {
             EventFeed::start(engine.store().clone(), options.feed_every, stop_rx.clone());
         let state = AppState::new(engine.clone(), options.tokens.clone(), feed.clone());
         let mut tasks = vec![feed_task];
-        tasks.push(runs::spawn_keeper(state.clone(), stop_rx.clone()));
         tasks.push(spawn_maintenance(engine.clone(), stop_rx.clone()));
         if options.worker {
             tasks.push(spawn_worker(

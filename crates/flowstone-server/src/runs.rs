@@ -1,35 +1,28 @@
-//! Runs this server works on, and the keeper that ends runs whose last steps
-//! another loop took.
+//! Runs this server works on.
 //!
 //! A run launched or resumed through the API is worked on by its own loop
 //! (as `materialize` does at the command line), with the run's own
 //! `max_parallel`; its task is owned here, wakes the event feed whenever the
 //! run reports progress, and is drained on shutdown. The in-process worker
-//! over all runs may take steps of any run too; when it takes a run's last
-//! step, nobody would mark the run ended, so the keeper watches the feed and
-//! ends such runs.
+//! over all runs may take steps of any run too, and ends the runs whose last
+//! step it records (the leader's maintenance ends any left behind).
 
 // FIXME(one queue, two loops): a run launched here is worked on by its own
 // loop (with its max_parallel) and the all-runs worker may claim its steps
 // too, so up to max_parallel + the worker's parallelism of its steps run at
-// once; and the all-runs worker claims steps of interrupted runs as well
-// (the store's claim does not look at the run's state). A run-state check
-// in the claim, or launching through the queue only with per-run limits
-// enforced by the claim, would resolve both (issue 3's worker work).
+// once. Launching through the queue only, with per-run limits enforced by the
+// claim, would resolve it (issue 3's queue limits).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use flowstone_core::store::EventKind;
-use flowstone_core::{Engine, RunHandle, RunId};
+use flowstone_core::{RunHandle, RunId};
 use tokio::sync::watch;
 
-use crate::AppState;
 use crate::feed::EventFeed;
 
 /// Runs worked on by this process.
 pub(crate) struct Runs {
-    engine: Engine,
     feed: EventFeed,
     active: Arc<Mutex<HashMap<RunId, Active>>>,
 }
@@ -40,9 +33,8 @@ struct Active {
 }
 
 impl Runs {
-    pub(crate) fn new(engine: Engine, feed: EventFeed) -> Self {
+    pub(crate) fn new(feed: EventFeed) -> Self {
         Runs {
-            engine,
             feed,
             active: Arc::default(),
         }
@@ -83,11 +75,6 @@ impl Runs {
         map.insert(run, Active { stopper, task });
     }
 
-    /// Whether this process works on `run` with its own loop.
-    pub(crate) fn is_active(&self, run: RunId) -> bool {
-        lock(&self.active).contains_key(&run)
-    }
-
     /// Stops claiming in every run, then waits for them to record what runs.
     pub(crate) async fn drain(&self) {
         let tasks: Vec<Active> = lock(&self.active).drain().map(|(_, a)| a).collect();
@@ -98,10 +85,6 @@ impl Runs {
             let _ = active.task.await;
         }
     }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
-    }
 }
 
 /// A poisoned lock only means a task panicked while holding it; the map
@@ -110,41 +93,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Ends runs whose steps have all ended when no loop of this process owns
-/// them; stops with `stop`.
-pub(crate) fn spawn_keeper(
-    state: AppState,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let mut events = state.inner.feed.subscribe();
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            let event = match event {
-                Ok(event) => event,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
-            let ends_a_step = matches!(
-                event.kind,
-                EventKind::Materialized | EventKind::StepFailed | EventKind::StepSkipped
-            );
-            let runs = &state.inner.runs;
-            if !ends_a_step || runs.is_active(event.run_id) {
-                continue;
-            }
-            match runs.engine().finish_if_done(event.run_id).await {
-                Ok(Some(run_state)) => tracing::debug!(target: "flowstone::server",
-                    run_id = %event.run_id, state = %run_state, "run ended by the keeper"),
-                Ok(None) => {}
-                Err(err) => tracing::warn!(target: "flowstone::server",
-                    run_id = %event.run_id, error = %err, "cannot end a run"),
-            }
-        }
-    })
 }
