@@ -153,6 +153,7 @@ pub fn worker_main(raw: &[String]) -> anyhow::Result<()> {
             heartbeat: Duration::from_secs(15),
             // As the `worker` command: notices wake idle workers.
             poll: Duration::from_millis(500),
+            queues: None,
         };
         let (stop, stop_rx) = watch::channel(Stop::No);
         let (progress, _) = watch::channel(Progress::default());
@@ -237,6 +238,7 @@ async fn queue(engine: &Engine, request: &RunRequest) -> anyhow::Result<(RunId, 
             user: "bench".to_owned(),
             description: plan.description.clone(),
             created_at: Timestamp::now(),
+            max_parallel: None,
             steps: plan.steps,
         })
         .await?;

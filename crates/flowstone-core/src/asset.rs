@@ -318,6 +318,22 @@ impl RetryPolicy {
     }
 }
 
+/// Checks a queue name: letters, digits, `_`, `-` and `.`, 1 to 64
+/// characters.
+///
+/// # Errors
+///
+/// What is wrong with it and what is accepted.
+pub fn check_queue_name(name: &str) -> std::result::Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(format!(
+            "bad queue name {name:?}: use 1 to 64 letters, digits, '_', '-' or '.'"
+        ));
+    }
+    Ok(())
+}
+
 /// A partition definition, or the result of building one (whose error is
 /// reported with the other definition problems).
 pub trait IntoPartitions {
@@ -370,6 +386,10 @@ pub struct AssetDef {
     pub partitions: Option<PartitionsDef>,
     pub deps: Vec<DepDef>,
     pub io_manager: String,
+    /// The queue its steps wait in; queues can have cluster-wide concurrency
+    /// limits ([`DefinitionsBuilder::queue_limit`](crate::DefinitionsBuilder::queue_limit))
+    /// and workers can serve some queues only.
+    pub queue: String,
     pub retry: RetryPolicy,
     pub code_version: String,
     pub tags: BTreeMap<String, String>,
@@ -425,6 +445,7 @@ pub struct AssetBuilder {
     partitions: Option<std::result::Result<PartitionsDef, PartitionsError>>,
     deps: Vec<(String, String, Option<PartitionMapping>, Option<ValueType>)>,
     io_manager: Option<String>,
+    queue: Option<String>,
     retry: RetryPolicy,
     code_version: Option<String>,
     tags: BTreeMap<String, String>,
@@ -453,6 +474,7 @@ impl AssetBuilder {
             partitions: None,
             deps: Vec::new(),
             io_manager: None,
+            queue: None,
             retry: RetryPolicy::none(),
             code_version: None,
             tags: BTreeMap::new(),
@@ -535,6 +557,13 @@ impl AssetBuilder {
         self
     }
 
+    /// The queue its steps wait in, e.g. `"llm"`; default `"default"`.
+    /// Letters, digits, `_`, `-` and `.`, at most 64 characters.
+    pub fn queue(mut self, name: impl Into<String>) -> Self {
+        self.queue = Some(name.into());
+        self
+    }
+
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -613,6 +642,11 @@ impl AssetBuilder {
         if let Err(message) = self.retry.check() {
             problem(format!("bad retry policy: {message}"));
         }
+        if let Some(queue) = &self.queue
+            && let Err(message) = check_queue_name(queue)
+        {
+            problem(message);
+        }
         let (Some(output), Some(compute)) = (self.output, self.compute) else {
             problem("has no compute function; call .compute(...)".into());
             return Err(problems);
@@ -630,6 +664,9 @@ impl AssetBuilder {
             partitions,
             deps,
             io_manager: self.io_manager.unwrap_or_else(|| "default".to_owned()),
+            queue: self
+                .queue
+                .unwrap_or_else(|| crate::store::DEFAULT_QUEUE.to_owned()),
             retry: self.retry,
             code_version: self
                 .code_version

@@ -33,8 +33,8 @@ use crate::ids::{
 };
 use crate::store::{
     ClaimRequest, ClaimedStep, Completion, EventKind, EventRecord, Failure, Level,
-    MaterializationRecord, NewEvent, NewMaterialization, NewRun, NewStep, Outcome, RunState,
-    StepCounts, StepRecord, StepState, Store, StoreError, Trigger, WorkerRecord,
+    MaterializationRecord, NewEvent, NewMaterialization, NewRun, NewStep, Outcome, QueueLimits,
+    RunState, StepCounts, StepRecord, StepState, Store, StoreError, Trigger, WorkerRecord,
 };
 
 /// Makes a fresh, empty store for one case.
@@ -126,6 +126,15 @@ pub const CASES: &[Case] = &[
     }),
     ("events_since_reads_every_run", |s| {
         Box::pin(events_since_reads_every_run(s))
+    }),
+    ("queue_limits_hold_across_claimers", |s| {
+        Box::pin(queue_limits_hold_across_claimers(s))
+    }),
+    ("claims_serve_only_their_queues", |s| {
+        Box::pin(claims_serve_only_their_queues(s))
+    }),
+    ("run_caps_hold_across_claimers", |s| {
+        Box::pin(run_caps_hold_across_claimers(s))
     }),
 ];
 
@@ -1483,6 +1492,8 @@ pub async fn complete_and_claim_takes_what_it_released(store: Arc<dyn Store>) {
         limit,
         now: now(),
         lease: SignedDuration::from_secs(60),
+        queues: None,
+        limits: Default::default(),
     };
     let batch = vec![completion_of(&a[0], &w, vec![])];
     let (outcomes, claimed) = store
@@ -1767,6 +1778,7 @@ pub async fn rescue_expired_retries_or_fails(store: Arc<dyn Store>) {
         upstream: vec![],
         max_attempts: 1,
         priority: 0,
+        queue: crate::store::DEFAULT_QUEUE.into(),
     });
     let run = plan.step("after_last", None, &[1]).create(&*store).await;
     let dead = worker("dead");
@@ -1986,6 +1998,7 @@ pub async fn pruning_keeps_history_and_counts(store: Arc<dyn Store>) {
         upstream: vec![],
         max_attempts: 1,
         priority: 0,
+        queue: crate::store::DEFAULT_QUEUE.into(),
     });
     let old = plan
         .step("down", None, &[0])
@@ -2089,6 +2102,8 @@ async fn claim_with_lease(
         limit: 100,
         now: now(),
         lease,
+        queues: None,
+        limits: Default::default(),
     };
     store.claim(req).await.must("claim")
 }
@@ -2113,11 +2128,27 @@ fn worker(name: &str) -> WorkerId {
 /// A run to create; targets must be distinct within one plan.
 struct RunPlan {
     steps: Vec<NewStep>,
+    max_parallel: Option<u32>,
 }
 
 impl RunPlan {
     fn new() -> Self {
-        RunPlan { steps: Vec::new() }
+        RunPlan {
+            steps: Vec::new(),
+            max_parallel: None,
+        }
+    }
+
+    /// A step without upstream in `queue`.
+    fn step_in(mut self, asset: &str, partition: Option<&str>, queue: &str) -> Self {
+        self = self.step(asset, partition, &[]);
+        self.steps.last_mut().expect("just pushed").queue = queue.to_owned();
+        self
+    }
+
+    fn max_parallel(mut self, n: u32) -> Self {
+        self.max_parallel = Some(n);
+        self
     }
 
     fn step(self, asset: &str, partition: Option<&str>, upstream: &[usize]) -> Self {
@@ -2136,6 +2167,7 @@ impl RunPlan {
             upstream: upstream.to_vec(),
             max_attempts: 3,
             priority,
+            queue: crate::store::DEFAULT_QUEUE.into(),
         });
         self
     }
@@ -2147,6 +2179,7 @@ impl RunPlan {
             user: "tester".into(),
             description: "conformance".into(),
             created_at: now(),
+            max_parallel: self.max_parallel,
             steps: self.steps.clone(),
         }
     }
@@ -2210,8 +2243,69 @@ async fn claim(
         limit,
         now: now(),
         lease: SignedDuration::from_secs(60),
+        queues: None,
+        limits: Default::default(),
     };
     store.claim(req).await.must("claim")
+}
+
+/// A claim serving `queues` (all when `None`) under `limits`.
+fn limited_request(
+    worker: &WorkerId,
+    limit: u32,
+    queues: Option<&[&str]>,
+    limits: &Arc<QueueLimits>,
+) -> ClaimRequest {
+    ClaimRequest {
+        worker: worker.clone(),
+        run: None,
+        limit,
+        now: now(),
+        lease: SignedDuration::from_secs(60),
+        queues: queues.map(|q| q.iter().map(|s| (*s).to_owned()).collect()),
+        limits: Arc::clone(limits),
+    }
+}
+
+/// Claims by `workers` at once, each in its own task; every claimed step
+/// with its worker.
+async fn claim_at_once(
+    store: &Arc<dyn Store>,
+    workers: usize,
+    request: impl Fn(&WorkerId) -> ClaimRequest,
+) -> Vec<(WorkerId, ClaimedStep)> {
+    let tasks: Vec<_> = (0..workers)
+        .map(|i| {
+            let store = Arc::clone(store);
+            let w = worker(&format!("w{i}"));
+            let req = request(&w);
+            tokio::spawn(async move {
+                let claimed = store.claim(req).await.must("claim");
+                claimed
+                    .into_iter()
+                    .map(|c| (w.clone(), c))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut seen = HashSet::new();
+    for task in tasks {
+        for (w, step) in task.await.expect("a claimer task panicked") {
+            assert!(seen.insert(step.id), "step {} claimed twice", step.id);
+            all.push((w, step));
+        }
+    }
+    all
+}
+
+/// Claimed steps per asset.
+fn per_asset(claimed: &[(WorkerId, ClaimedStep)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, step) in claimed {
+        *counts.entry(step.target.asset.to_string()).or_default() += 1;
+    }
+    counts
 }
 
 async fn claim_one(store: &dyn Store, worker: &WorkerId, run: RunId) -> ClaimedStep {
@@ -2371,4 +2465,163 @@ pub async fn events_since_reads_every_run(store: Arc<dyn Store>) {
             .is_empty(),
         "nothing after the last event"
     );
+}
+
+/// A queue limit holds across claimers that race: eight claimers asking for
+/// more than the limit together take exactly the limit of the limited queue
+/// (and every step of the unlimited one). A completion frees a slot that the
+/// same transaction's claim takes, and a release frees one too.
+pub async fn queue_limits_hold_across_claimers(store: Arc<dyn Store>) {
+    let mut plan = RunPlan::new();
+    for i in 0..12 {
+        plan = plan.step_in("llm_call", Some(&format!("p{i:02}")), "llm");
+    }
+    for i in 0..6 {
+        plan = plan.step("plain", Some(&format!("p{i:02}")), &[]);
+    }
+    let run = plan.create(&*store).await;
+    let limits = Arc::new(QueueLimits::from([("llm".to_owned(), 3)]));
+
+    let claimed = claim_at_once(&store, 8, |w| limited_request(w, 4, None, &limits)).await;
+    let counts = per_asset(&claimed);
+    assert_eq!(counts.get("llm_call"), Some(&3), "claimed: {counts:?}");
+    assert_eq!(counts.get("plain"), Some(&6), "claimed: {counts:?}");
+
+    // Full: another claim takes nothing.
+    let more = store
+        .claim(limited_request(&worker("late"), 4, None, &limits))
+        .await
+        .must("claim");
+    assert!(more.is_empty(), "the llm queue is full: {more:?}");
+
+    // A completion frees one slot, taken in the same transaction.
+    let (w, done) = claimed
+        .iter()
+        .find(|(_, c)| c.target.asset.as_str() == "llm_call")
+        .expect("an llm step was claimed");
+    let (outcomes, next) = store
+        .complete_and_claim(
+            vec![completion_of(done, w, vec![])],
+            limited_request(w, 4, None, &limits),
+        )
+        .await
+        .must("complete_and_claim");
+    assert!(matches!(outcomes[0], Outcome::Recorded(_)));
+    assert_eq!(assets(&next), ["llm_call"], "one slot was freed");
+
+    // A release frees the releasing worker's slots.
+    let running_llm = |steps: &[StepRecord]| -> Vec<StepRecord> {
+        steps
+            .iter()
+            .filter(|s| s.state == StepState::Running && s.target.asset.as_str() == "llm_call")
+            .cloned()
+            .collect()
+    };
+    let steps = store.steps(run.id).await.must("steps");
+    assert_eq!(running_llm(&steps).len(), 3, "the limit is used up again");
+    let holder = running_llm(&steps)[0]
+        .worker
+        .clone()
+        .expect("a running step has a worker");
+    let held = running_llm(&steps)
+        .iter()
+        .filter(|s| s.worker.as_ref() == Some(&holder))
+        .count();
+    store
+        .release(Some(run.id), std::slice::from_ref(&holder), "test", now())
+        .await
+        .must("release");
+    let after = store
+        .claim(limited_request(&worker("after"), 10, None, &limits))
+        .await
+        .must("claim");
+    let llm_after = after
+        .iter()
+        .filter(|c| c.target.asset.as_str() == "llm_call")
+        .count();
+    assert_eq!(llm_after, held, "the released llm slots are free again");
+    let steps = store.steps(run.id).await.must("steps");
+    assert_eq!(
+        running_llm(&steps).len(),
+        3,
+        "never more than the limit running"
+    );
+}
+
+/// A claim that names queues takes only their steps; one without queues
+/// takes from all.
+pub async fn claims_serve_only_their_queues(store: Arc<dyn Store>) {
+    let plan = RunPlan::new()
+        .step_in("in_a", Some("1"), "a")
+        .step_in("in_a", Some("2"), "a")
+        .step_in("in_b", Some("1"), "b")
+        .step("in_default", Some("1"), &[]);
+    plan.create(&*store).await;
+    let none = Arc::new(QueueLimits::new());
+
+    let only_a = store
+        .claim(limited_request(&worker("a"), 10, Some(&["a"]), &none))
+        .await
+        .must("claim");
+    assert_eq!(assets(&only_a), ["in_a", "in_a"]);
+    let unknown = store
+        .claim(limited_request(&worker("z"), 10, Some(&["zzz"]), &none))
+        .await
+        .must("claim");
+    assert!(
+        unknown.is_empty(),
+        "no step waits in queue zzz: {unknown:?}"
+    );
+    let mut rest = store
+        .claim(limited_request(&worker("all"), 10, None, &none))
+        .await
+        .must("claim");
+    rest.sort_by(|x, y| x.target.asset.cmp(&y.target.asset));
+    assert_eq!(assets(&rest), ["in_b", "in_default"]);
+}
+
+/// A run's cap holds across claimers that race, beside an uncapped run, and
+/// a completion of a capped step lets the same transaction claim one more.
+pub async fn run_caps_hold_across_claimers(store: Arc<dyn Store>) {
+    let mut capped = RunPlan::new().max_parallel(2);
+    for i in 0..8 {
+        capped = capped.step("capped", Some(&format!("p{i}")), &[]);
+    }
+    let capped = capped.create(&*store).await;
+    let record = store
+        .run(capped.id)
+        .await
+        .must("run")
+        .expect("the run exists");
+    assert_eq!(record.max_parallel, Some(2));
+    let mut free = RunPlan::new();
+    for i in 0..4 {
+        free = free.step("free", Some(&format!("p{i}")), &[]);
+    }
+    free.create(&*store).await;
+    let none = Arc::new(QueueLimits::new());
+
+    let claimed = claim_at_once(&store, 6, |w| limited_request(w, 3, None, &none)).await;
+    let counts = per_asset(&claimed);
+    assert_eq!(counts.get("capped"), Some(&2), "claimed: {counts:?}");
+    assert_eq!(counts.get("free"), Some(&4), "claimed: {counts:?}");
+
+    // A claim of the capped run alone finds it full.
+    let scoped = claim(&*store, &worker("scoped"), Some(capped.id), 5).await;
+    assert!(scoped.is_empty(), "the run is at its cap: {scoped:?}");
+
+    let (w, done) = claimed
+        .iter()
+        .find(|(_, c)| c.target.asset.as_str() == "capped")
+        .expect("a capped step was claimed");
+    let (_, next) = store
+        .complete_and_claim(
+            vec![completion_of(done, w, vec![])],
+            limited_request(w, 5, None, &none),
+        )
+        .await
+        .must("complete_and_claim");
+    assert_eq!(assets(&next), ["capped"], "one slot of the cap was freed");
+    let counts = store.step_counts(capped.id).await.must("step_counts");
+    assert_eq!((counts.running, counts.completed), (2, 1), "{counts:?}");
 }

@@ -7,7 +7,7 @@
 //! manager exists. Build errors are all reported together, each naming the
 //! assets involved and saying what to change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use crate::asset::{Asset, AssetBuilder, AssetDef};
 use crate::context::Resources;
 use crate::ids::AssetKey;
 use crate::io::{FileIoManager, IoManager};
+use crate::store::QueueLimits;
 
 /// One problem found while building definitions.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +69,8 @@ pub enum DefinitionError {
         name: String,
         known: String,
     },
+    #[error("queue limit for {queue:?}: {message}")]
+    BadQueueLimit { queue: String, message: String },
 }
 
 /// Every problem found while building definitions.
@@ -98,6 +101,7 @@ pub struct DefinitionsBuilder {
     assets: Vec<AssetBuilder>,
     resources: Resources,
     io_managers: BTreeMap<String, Arc<dyn IoManager>>,
+    queue_limits: Vec<(String, u32)>,
 }
 
 impl DefinitionsBuilder {
@@ -124,6 +128,15 @@ impl DefinitionsBuilder {
     /// one, the engine stores JSON files under the store's directory.
     pub fn io_manager(mut self, name: impl Into<String>, io: impl IoManager) -> Self {
         self.io_managers.insert(name.into(), Arc::new(io));
+        self
+    }
+
+    /// At most `limit` steps of queue `name` running at once, across every
+    /// worker of the cluster, e.g. `.queue_limit("llm", 4)` for assets declared
+    /// with `#[asset(queue = "llm")]`. The limit must be at least 1 and the
+    /// queue must be one an asset uses.
+    pub fn queue_limit(mut self, name: impl Into<String>, limit: u32) -> Self {
+        self.queue_limits.push((name.into(), limit));
         self
     }
 
@@ -215,6 +228,36 @@ impl DefinitionsBuilder {
             }
         }
 
+        // Queue limits: at least 1, once per queue, on a queue some asset uses.
+        let used: BTreeSet<&str> = assets.iter().map(|def| def.queue.as_str()).collect();
+        let mut queue_limits = QueueLimits::new();
+        for (queue, limit) in &self.queue_limits {
+            let message = if let Err(message) = crate::asset::check_queue_name(queue) {
+                Some(message)
+            } else if *limit == 0 {
+                Some("the limit must be at least 1".to_owned())
+            } else if queue_limits.contains_key(queue) {
+                Some("given twice".to_owned())
+            } else if !used.contains(queue.as_str()) {
+                let known: Vec<&str> = used.iter().copied().collect();
+                Some(format!(
+                    "no asset uses this queue; queues in use: {}",
+                    known.join(", ")
+                ))
+            } else {
+                None
+            };
+            match message {
+                Some(message) => errors.push(DefinitionError::BadQueueLimit {
+                    queue: queue.clone(),
+                    message,
+                }),
+                None => {
+                    queue_limits.insert(queue.clone(), *limit);
+                }
+            }
+        }
+
         // The graph: a topological order, or the cycle that prevents one.
         let order = match topological_order(&upstream) {
             Ok(order) => order,
@@ -249,6 +292,7 @@ impl DefinitionsBuilder {
             rank,
             resources: self.resources,
             io_managers: self.io_managers,
+            queue_limits: Arc::new(queue_limits),
         })
     }
 }
@@ -363,9 +407,21 @@ pub struct Definitions {
     rank: Vec<usize>,
     resources: Resources,
     io_managers: BTreeMap<String, Arc<dyn IoManager>>,
+    queue_limits: Arc<QueueLimits>,
 }
 
 impl Definitions {
+    /// The queue limits declared with [`DefinitionsBuilder::queue_limit`].
+    pub fn queue_limits(&self) -> &Arc<QueueLimits> {
+        &self.queue_limits
+    }
+
+    /// The queues the assets use, sorted.
+    pub fn queues(&self) -> Vec<&str> {
+        let used: BTreeSet<&str> = self.assets.iter().map(|def| def.queue.as_str()).collect();
+        used.into_iter().collect()
+    }
+
     pub fn builder() -> DefinitionsBuilder {
         DefinitionsBuilder::default()
     }

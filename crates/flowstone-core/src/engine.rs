@@ -62,8 +62,11 @@ impl EngineError {
 pub struct RunRequest {
     pub selection: Selection,
     pub trigger: Trigger,
-    /// Steps run at once.
-    pub max_parallel: usize,
+    /// At most this many of the run's steps at once, across every worker
+    /// (the store keeps the cap with the run, and claims respect it); `None`
+    /// leaves it to the workers' concurrency, and a process that launches the
+    /// run works on it with [`default_parallelism`](worker::default_parallelism).
+    pub max_parallel: Option<usize>,
     /// In a backfill, also run partitions that are materialized but stale.
     pub refresh_stale: bool,
 }
@@ -81,7 +84,7 @@ impl RunRequest {
                 leave_out_unready: false,
             },
             trigger: Trigger::Api,
-            max_parallel: worker::default_parallelism(),
+            max_parallel: None,
             refresh_stale: false,
         }
     }
@@ -98,7 +101,7 @@ impl RunRequest {
                 leave_out_unready: true,
             },
             trigger: Trigger::Backfill,
-            max_parallel: worker::default_parallelism(),
+            max_parallel: None,
             refresh_stale: false,
         }
     }
@@ -120,9 +123,17 @@ impl RunRequest {
         self
     }
 
+    /// Caps the run at `n` steps at once across every worker (at least 1).
     pub fn max_parallel(mut self, n: usize) -> Self {
-        self.max_parallel = n.max(1);
+        self.max_parallel = Some(n.max(1));
         self
+    }
+
+    /// Steps at once in the process that works on the run: the cap, or the
+    /// number of CPUs.
+    pub fn parallelism(&self) -> usize {
+        self.max_parallel
+            .unwrap_or_else(worker::default_parallelism)
     }
 
     pub fn trigger(mut self, trigger: Trigger) -> Self {
@@ -311,6 +322,9 @@ impl Engine {
                     user: self.user.clone(),
                     description: plan.description.clone(),
                     created_at: Timestamp::now(),
+                    max_parallel: request
+                        .max_parallel
+                        .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
                     steps: std::mem::take(&mut plan.steps),
                 })
                 .await;
@@ -336,7 +350,7 @@ impl Engine {
         let Some(run) = run else {
             return Ok(Launch::NothingToDo { plan });
         };
-        let handle = self.work_on(run.id, request.max_parallel);
+        let handle = self.work_on(run.id, request.parallelism());
         Ok(Launch::Started { run, plan, handle })
     }
 

@@ -18,6 +18,7 @@ pub mod io;
 pub mod maintenance;
 pub mod plan;
 pub mod query;
+pub mod slots;
 pub mod store;
 pub mod value;
 mod worker;

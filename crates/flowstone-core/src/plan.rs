@@ -314,6 +314,7 @@ pub async fn plan_refreshing(
             upstream: inside.into_iter().map(|j| renumber[j]).collect(),
             max_attempts: def.retry.max_attempts,
             priority: 0,
+            queue: def.queue.clone(),
         });
     }
     let left_out_examples = missing.iter().take(3).map(|t| t.to_string()).collect();

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -219,6 +220,9 @@ pub struct NewRun {
     /// A short description of what was asked, e.g. `backfill raw_flights 2013-01-01..2013-01-31`.
     pub description: String,
     pub created_at: Timestamp,
+    /// At most this many of the run's steps running at once, across every
+    /// worker; `None` leaves it to the workers' own concurrency.
+    pub max_parallel: Option<u32>,
     pub steps: Vec<NewStep>,
 }
 
@@ -272,6 +276,7 @@ impl NewRun {
             description: self.description,
             created_at: self.created_at,
             finished_at: None,
+            max_parallel: self.max_parallel,
             steps,
         }
     }
@@ -284,7 +289,12 @@ pub struct NewStep {
     pub upstream: Vec<usize>,
     pub max_attempts: u32,
     pub priority: i32,
+    /// The asset's queue ([`DEFAULT_QUEUE`] unless it names one).
+    pub queue: String,
 }
+
+/// The queue of an asset that names none.
+pub const DEFAULT_QUEUE: &str = "default";
 
 /// A step a worker has claimed; it is `running` with `attempt` until the worker
 /// completes or fails it, or the claim is released.
@@ -309,7 +319,21 @@ pub struct ClaimRequest {
     pub now: Timestamp,
     /// The claim lasts until `now + lease`; a heartbeat extends it.
     pub lease: jiff::SignedDuration,
+    /// Claim only steps of these queues; `None` claims from every queue.
+    pub queues: Option<Vec<String>>,
+    /// At most this many running steps per queue, across every worker (see
+    /// [`QueueLimits`]).
+    pub limits: Arc<QueueLimits>,
 }
+
+/// Concurrency limits by queue name; a queue not named here has none.
+///
+/// A limit holds across the whole cluster: a claim counts the queue's running
+/// steps, whoever runs them, and takes at most the free slots, serialized with
+/// every other claim that involves a limit. Limits come from the claimer's
+/// [`Definitions`](crate::Definitions), so every worker should run the same
+/// ones; a claim applies its own.
+pub type QueueLimits = BTreeMap<String, u32>;
 
 /// A materialization to record.
 #[derive(Clone, Debug)]
@@ -441,6 +465,8 @@ pub struct RunRecord {
     pub description: String,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// The run's cap on steps running at once across every worker, if any.
+    pub max_parallel: Option<u32>,
     pub steps: StepCounts,
 }
 

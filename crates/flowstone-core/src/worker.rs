@@ -49,6 +49,8 @@ pub struct WorkerOptions {
     pub heartbeat: Duration,
     /// How long to wait before looking again when nothing is claimable.
     pub poll: Duration,
+    /// Claim only steps of these queues; `None` serves every queue.
+    pub queues: Option<Vec<String>>,
 }
 
 impl Default for WorkerOptions {
@@ -59,6 +61,7 @@ impl Default for WorkerOptions {
             lease: SignedDuration::from_secs(60),
             heartbeat: Duration::from_secs(15),
             poll: Duration::from_millis(50),
+            queues: None,
         }
     }
 }
@@ -441,6 +444,8 @@ fn claim_request(shared: &Shared, opts: &WorkerOptions, running: usize) -> Claim
         limit: opts.max_parallel.max(1).saturating_sub(running) as u32,
         now: Timestamp::now(),
         lease: opts.lease,
+        queues: opts.queues.clone(),
+        limits: shared.defs.queue_limits().clone(),
     }
 }
 

@@ -18,6 +18,7 @@ const KEYS: &[&str] = &[
     "description",
     "partitions",
     "io_manager",
+    "queue",
     "retry",
     "code_version",
     "tags",
@@ -33,6 +34,7 @@ pub(crate) struct AssetArgs {
     pub(crate) description: Option<LitStr>,
     pub(crate) partitions: Option<Expr>,
     pub(crate) io_manager: Option<LitStr>,
+    pub(crate) queue: Option<LitStr>,
     pub(crate) retry: Option<Expr>,
     pub(crate) code_version: Option<LitStr>,
     /// `Some` once `tags(...)` was seen, so a second `tags(...)` is caught.
@@ -55,6 +57,7 @@ impl AssetArgs {
             "description" => set(&mut self.description, &meta, &name, string_value(&meta)?),
             "partitions" => set(&mut self.partitions, &meta, &name, meta.value()?.parse()?),
             "io_manager" => set(&mut self.io_manager, &meta, &name, string_value(&meta)?),
+            "queue" => set(&mut self.queue, &meta, &name, string_value(&meta)?),
             "retry" => set(&mut self.retry, &meta, &name, meta.value()?.parse()?),
             "code_version" => set(&mut self.code_version, &meta, &name, string_value(&meta)?),
             "tags" => {

@@ -133,6 +133,9 @@ fn builder_calls(args: &AssetArgs, attrs: &[Attribute], code_version: &str) -> T
     if let Some(io_manager) = &args.io_manager {
         calls.extend(quote!(.io_manager(#io_manager)));
     }
+    if let Some(queue) = &args.queue {
+        calls.extend(quote!(.queue(#queue)));
+    }
     if let Some(retry) = &args.retry {
         calls.extend(quote_spanned!(retry.span()=> .retry(#retry)));
     }

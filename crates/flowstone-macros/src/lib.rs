@@ -83,6 +83,7 @@ use crate::args::AssetArgs;
 /// | `description` | string | the doc comment |
 /// | `partitions` | `PartitionsDef` or `Result<PartitionsDef, PartitionsError>` | unpartitioned |
 /// | `io_manager` | string | `"default"` |
+/// | `queue` | string | `"default"`; see `DefinitionsBuilder::queue_limit` |
 /// | `retry` | `RetryPolicy` | `RetryPolicy::none()` |
 /// | `code_version` | string | a hash of the function's code |
 /// | `tags(name = "value", "odd-name" = "value")` | string pairs | none |

@@ -72,6 +72,9 @@ pub struct PostgresStore {
     /// started at the first call to [`Store::notices`].
     notices: tokio::sync::broadcast::Sender<Notice>,
     listening: std::sync::OnceLock<()>,
+    /// Whether this store's last limited claim saw limited work (steps of a
+    /// limited queue, or a capped run): claims then start with a limited claim.
+    pub(crate) limited_seen: std::sync::atomic::AtomicBool,
 }
 
 impl PostgresStore {
@@ -122,6 +125,7 @@ impl PostgresStore {
             pool,
             notices: tokio::sync::broadcast::channel(1024).0,
             listening: std::sync::OnceLock::new(),
+            limited_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -32,7 +32,8 @@ pub(crate) enum Direction {
 
 macro_rules! run_columns {
     () => {
-        "id, state, triggered_by, user_name, description, created_at, finished_at, pruned_counts"
+        "id, state, triggered_by, user_name, description, created_at, finished_at, pruned_counts, \
+         max_parallel"
     };
 }
 
@@ -366,6 +367,11 @@ fn run_record(row: &PgRow, counts: &HashMap<Uuid, StepCounts>) -> StoreResult<Ru
         description: row.try_get("description").db()?,
         created_at: codec::time(row, "created_at")?,
         finished_at: codec::opt_time(row, "finished_at")?,
+        max_parallel: row
+            .try_get::<Option<i32>, _>("max_parallel")
+            .db()?
+            .map(|n| codec::count("runs.max_parallel", n))
+            .transpose()?,
         steps: match row
             .try_get::<Option<serde_json::Value>, _>("pruned_counts")
             .db()?

@@ -16,7 +16,9 @@
 //! is the caller's `retry_at`, as the trait hands it over.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use flowstone_core::slots::{Candidate, Chooser, Slots};
 use flowstone_core::store::{
     ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent, NewRun, Outcome,
     RunRecord, RunState, StepState, StoreError, StoreResult, WorkerRecord,
@@ -31,9 +33,13 @@ use uuid::Uuid;
 use crate::PostgresStore;
 use crate::codec::{self, DbResult, PgTime};
 
-/// The claim's update, shared by both claim statements: the picked steps
-/// become `running` under `$1` with a lease on the database clock, and come
-/// back with their runs' trigger and user.
+/// The unlimited claim, shared by both claim statements: the first ready
+/// steps, of the served queues (`$5`, NULL for all) but not of a limited
+/// queue (`$6`) and not of a capped run, become `running` under `$1` with a
+/// lease on the database clock, and come back with their runs' trigger and
+/// user. Every row also carries whether there is limited work about (a capped
+/// running run, or steps of a limited queue running or waiting), with one row
+/// of NULL steps when nothing was claimed.
 macro_rules! claim_sql {
     ($run_filter:literal) => {
         concat!(
@@ -41,18 +47,28 @@ macro_rules! claim_sql {
                  SELECT id FROM steps \
                  WHERE state IN ('available', 'retryable') \
                    AND (state = 'available' OR scheduled_at <= now()) \
-                   AND run_id IN (SELECT id FROM runs WHERE state = 'running') ",
+                   AND run_id IN ( \
+                       SELECT id FROM runs WHERE state = 'running' AND max_parallel IS NULL) \
+                   AND ($5::text[] IS NULL OR queue = ANY($5)) \
+                   AND queue <> ALL($6::text[]) ",
             $run_filter,
             "    ORDER BY priority DESC, scheduled_at, id \
                  LIMIT $4 \
-                 FOR UPDATE SKIP LOCKED) \
-             UPDATE steps AS s \
-             SET state = 'running', attempt = s.attempt + 1, worker = $1, started_at = $2, \
-                 lease_until = now() + $3 * interval '1 microsecond', finished_at = NULL \
-             FROM picked, runs AS r \
-             WHERE s.id = picked.id AND r.id = s.run_id \
-             RETURNING s.id, s.run_id, s.asset_key, s.partition_key, s.attempt, \
-                 s.max_attempts, s.priority, s.scheduled_at, r.triggered_by, r.user_name"
+                 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE steps AS s \
+                 SET state = 'running', attempt = s.attempt + 1, worker = $1, started_at = $2, \
+                     lease_until = now() + $3 * interval '1 microsecond', finished_at = NULL \
+                 FROM picked, runs AS r \
+                 WHERE s.id = picked.id AND r.id = s.run_id \
+                 RETURNING s.id, s.run_id, s.asset_key, s.partition_key, s.attempt, \
+                     s.max_attempts, s.priority, s.scheduled_at, r.triggered_by, r.user_name) \
+             SELECT c.*, \
+                 EXISTS (SELECT 1 FROM runs \
+                         WHERE state = 'running' AND max_parallel IS NOT NULL) \
+                 OR EXISTS (SELECT 1 FROM steps WHERE queue = ANY($6) \
+                            AND state IN ('running', 'available', 'retryable')) AS limited \
+             FROM (VALUES (1)) AS one (x) LEFT JOIN claimed AS c ON true"
         )
     };
 }
@@ -61,8 +77,55 @@ macro_rules! claim_sql {
 /// worker until it is resumed).
 const CLAIM_ANY: &str = claim_sql!("");
 
-/// Claims from one run (`$5`).
-const CLAIM_RUN: &str = claim_sql!("AND run_id = $5");
+/// Claims from one run (`$7`).
+const CLAIM_RUN: &str = claim_sql!("AND run_id = $7");
+
+/// Serializes the claims that involve a limit (a transaction-level advisory
+/// lock, released at commit): each counts the free slots and takes at most
+/// those, so two claimers never both take the last slot.
+const LOCK_LIMITS: &str = "SELECT pg_advisory_xact_lock(7379463210871224693)";
+
+/// The free slots of the limited queues (`$1` names, `$2` limits) and of the
+/// capped running runs (only `$3` when given), with whether the queue has
+/// steps running or waiting.
+const FREE_SLOTS: &str = "SELECT l.q AS queue, NULL::uuid AS run, \
+         l.cap - (SELECT count(*) FROM steps s \
+                  WHERE s.state = 'running' AND s.queue = l.q) AS free, \
+         EXISTS (SELECT 1 FROM steps s WHERE s.queue = l.q \
+                 AND s.state IN ('running', 'available', 'retryable')) AS busy \
+     FROM unnest($1::text[], $2::int8[]) AS l (q, cap) \
+     UNION ALL \
+     SELECT NULL, r.id, \
+         r.max_parallel - (SELECT count(*) FROM steps s \
+                           WHERE s.run_id = r.id AND s.state = 'running'), \
+         true \
+     FROM runs AS r \
+     WHERE r.state = 'running' AND r.max_parallel IS NOT NULL \
+       AND ($3::uuid IS NULL OR r.id = $3)";
+
+/// Ready steps in claim order for a limited claim, locked, leaving out full
+/// queues (`$3`) and runs (`$4`) and steps already chosen (`$5`).
+const CANDIDATES: &str = "SELECT id, queue, run_id FROM steps \
+     WHERE state IN ('available', 'retryable') \
+       AND (state = 'available' OR scheduled_at <= now()) \
+       AND run_id IN (SELECT id FROM runs WHERE state = 'running') \
+       AND ($1::uuid IS NULL OR run_id = $1) \
+       AND ($2::text[] IS NULL OR queue = ANY($2)) \
+       AND queue <> ALL($3::text[]) \
+       AND run_id <> ALL($4::uuid[]) \
+       AND id <> ALL($5::int8[]) \
+     ORDER BY priority DESC, scheduled_at, id \
+     LIMIT $6 \
+     FOR UPDATE SKIP LOCKED";
+
+/// Takes the chosen steps (`$4`, locked by this transaction).
+const TAKE: &str = "UPDATE steps AS s \
+     SET state = 'running', attempt = s.attempt + 1, worker = $1, started_at = $2, \
+         lease_until = now() + $3 * interval '1 microsecond', finished_at = NULL \
+     FROM runs AS r \
+     WHERE s.id = ANY($4) AND r.id = s.run_id \
+     RETURNING s.id, s.run_id, s.asset_key, s.partition_key, s.attempt, \
+         s.max_attempts, s.priority, s.scheduled_at, r.triggered_by, r.user_name";
 
 /// Moves running steps to completed, checking attempt and worker (an id named
 /// twice, with another attempt or worker, matches at most once). Locks the
@@ -184,14 +247,16 @@ impl PostgresStore {
 
         let mut tx = self.pool.begin().await.db()?;
         sqlx::query(
-            "INSERT INTO runs (id, state, triggered_by, user_name, description, created_at) \
-             VALUES ($1, 'running', $2, $3, $4, $5)",
+            "INSERT INTO runs (id, state, triggered_by, user_name, description, created_at, \
+                 max_parallel) \
+             VALUES ($1, 'running', $2, $3, $4, $5, $6)",
         )
         .bind(run.id.0)
         .bind(run.trigger.as_str())
         .bind(codec::text(&run.user))
         .bind(codec::text(&run.description))
         .bind(PgTime(run.created_at))
+        .bind(run.max_parallel.map(codec::max_attempts))
         .execute(&mut *tx)
         .await
         .db()?;
@@ -219,6 +284,7 @@ impl PostgresStore {
         let mut max_attempts = Vec::with_capacity(n);
         let mut priorities = Vec::with_capacity(n);
         let mut waits = Vec::with_capacity(n);
+        let mut queues = Vec::with_capacity(n);
         for (step, ups) in run.steps.iter().zip(&upstream) {
             let state = if ups.is_empty() {
                 StepState::Available
@@ -236,17 +302,18 @@ impl PostgresStore {
             max_attempts.push(codec::max_attempts(step.max_attempts));
             priorities.push(step.priority);
             waits.push(i32::try_from(ups.len()).unwrap_or(i32::MAX));
+            queues.push(codec::text(&step.queue));
         }
         // The unique index on live steps refuses an asset partition that
         // another run holds live; the run is then not created at all.
         let inserted = sqlx::query(
             "INSERT INTO steps (id, run_id, asset_key, partition_key, state, max_attempts, \
-                 priority, scheduled_at, upstream_remaining) \
+                 priority, scheduled_at, upstream_remaining, queue) \
              SELECT t.id, $1, t.asset_key, t.partition_key, t.state, t.max_attempts, \
-                 t.priority, $2, t.waits \
+                 t.priority, $2, t.waits, t.queue \
              FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::int4[], \
-                         $8::int4[], $9::int4[]) \
-                 AS t (id, asset_key, partition_key, state, max_attempts, priority, waits)",
+                         $8::int4[], $9::int4[], $10::text[]) \
+                 AS t (id, asset_key, partition_key, state, max_attempts, priority, waits, queue)",
         )
         .bind(run.id.0)
         .bind(PgTime(run.created_at))
@@ -257,6 +324,7 @@ impl PostgresStore {
         .bind(&max_attempts)
         .bind(&priorities)
         .bind(&waits)
+        .bind(&queues)
         .execute(&mut *tx)
         .await;
         if let Err(err) = inserted {
@@ -303,8 +371,10 @@ impl PostgresStore {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.acquire().await.db()?;
-        claim_in(&mut conn, &req).await
+        let mut tx = self.pool.begin().await.db()?;
+        let claimed = claim_in(&mut tx, &req, &self.limited_seen).await?;
+        tx.commit().await.db()?;
+        Ok(claimed)
     }
 
     pub(crate) async fn write_complete_and_claim(
@@ -319,7 +389,7 @@ impl PostgresStore {
         let claimed = if next.limit == 0 {
             Vec::new()
         } else {
-            claim_in(&mut tx, &next).await?
+            claim_in(&mut tx, &next, &self.limited_seen).await?
         };
         tx.commit().await.db()?;
         log_fenced("complete", &batch, &outcomes, |c| {
@@ -663,11 +733,52 @@ async fn complete_in(conn: &mut PgConnection, batch: &[Completion]) -> StoreResu
     Ok(outcomes)
 }
 
-/// Claims inside the caller's transaction (or as one statement); `req.limit`
-/// is not 0.
-async fn claim_in(conn: &mut PgConnection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedStep>> {
-    // Claim: one statement picks the ready steps in order, skipping those
-    // another claimer holds, takes them and reads their runs.
+/// Claims inside the caller's transaction; `req.limit` is not 0.
+///
+/// Steps of limited queues and capped runs are taken by a limited claim
+/// (see [`flowstone_core::slots`]): first, in claim order with every other
+/// step, when the last claim of this store saw limited work about; otherwise
+/// after the unlimited claim, with the slots it left over, if that claim saw
+/// some.
+async fn claim_in(
+    conn: &mut PgConnection,
+    req: &ClaimRequest,
+    limited_seen: &AtomicBool,
+) -> StoreResult<Vec<ClaimedStep>> {
+    let limited_queues = limited_queues(req);
+    if limited_seen.load(Ordering::Relaxed) {
+        return limited_claim(conn, req, req.limit, &limited_queues, limited_seen).await;
+    }
+    let (mut claimed, limited) = unlimited_claim(conn, req, &limited_queues).await?;
+    limited_seen.store(limited, Ordering::Relaxed);
+    let left = req.limit - claimed.len() as u32;
+    if left > 0 && limited {
+        claimed.extend(limited_claim(conn, req, left, &limited_queues, limited_seen).await?);
+    }
+    Ok(claimed)
+}
+
+/// The limits of the queues `req` serves.
+fn limited_queues(req: &ClaimRequest) -> Vec<(&str, i64)> {
+    req.limits
+        .iter()
+        .filter(|(queue, _)| {
+            req.queues
+                .as_ref()
+                .is_none_or(|served| served.iter().any(|q| q == *queue))
+        })
+        .map(|(queue, limit)| (queue.as_str(), i64::from(*limit)))
+        .collect()
+}
+
+/// One statement claiming the first ready steps that no limit concerns;
+/// returns them and whether there is limited work about.
+async fn unlimited_claim(
+    conn: &mut PgConnection,
+    req: &ClaimRequest,
+    limited_queues: &[(&str, i64)],
+) -> StoreResult<(Vec<ClaimedStep>, bool)> {
+    let limited: Vec<&str> = limited_queues.iter().map(|(q, _)| *q).collect();
     let query = match req.run {
         Some(_) => sqlx::query(CLAIM_RUN),
         None => sqlx::query(CLAIM_ANY),
@@ -676,35 +787,126 @@ async fn claim_in(conn: &mut PgConnection, req: &ClaimRequest) -> StoreResult<Ve
         .bind(codec::text(&req.worker.0).into_owned())
         .bind(PgTime(req.now))
         .bind(codec::lease_micros(req.lease))
-        .bind(i64::from(req.limit));
+        .bind(i64::from(req.limit))
+        .bind(req.queues.as_deref())
+        .bind(&limited);
     if let Some(run) = req.run {
         query = query.bind(run.0);
     }
     let rows = query.fetch_all(&mut *conn).await.db()?;
-
+    let limited = match rows.first() {
+        Some(row) => row.try_get::<bool, _>("limited").db()?,
+        None => false,
+    };
     let mut claimed = Vec::with_capacity(rows.len());
-    for row in rows {
-        let order: (i32, Timestamp, i64) = (
-            row.try_get("priority").db()?,
-            codec::time(&row, "scheduled_at")?,
-            row.try_get("id").db()?,
-        );
-        let trigger: String = row.try_get("triggered_by").db()?;
-        let step = ClaimedStep {
-            id: StepId(order.2),
-            run_id: codec::run_id(&row, "run_id")?,
-            target: codec::target(&row)?,
-            attempt: codec::count("steps.attempt", row.try_get("attempt").db()?)?,
-            max_attempts: codec::count("steps.max_attempts", row.try_get("max_attempts").db()?)?,
-            trigger: trigger.parse()?,
-            user: row.try_get("user_name").db()?,
-        };
-        claimed.push((order, step));
+    for row in &rows {
+        if row.try_get::<Option<i64>, _>("id").db()?.is_some() {
+            claimed.push(claimed_step(row)?);
+        }
     }
+    Ok((in_claim_order(claimed), limited))
+}
 
-    // RETURNING gives no order; hand the steps out in claim order.
+/// Claims up to `limit` steps within the free slots of limited queues and
+/// capped runs, serialized with every other limited claim; records in
+/// `limited_seen` whether there is limited work about.
+async fn limited_claim(
+    conn: &mut PgConnection,
+    req: &ClaimRequest,
+    limit: u32,
+    limited_queues: &[(&str, i64)],
+    limited_seen: &AtomicBool,
+) -> StoreResult<Vec<ClaimedStep>> {
+    sqlx::query(LOCK_LIMITS).execute(&mut *conn).await.db()?;
+    let names: Vec<&str> = limited_queues.iter().map(|(q, _)| *q).collect();
+    let limits: Vec<i64> = limited_queues.iter().map(|(_, l)| *l).collect();
+    let rows = sqlx::query(FREE_SLOTS)
+        .bind(&names)
+        .bind(&limits)
+        .bind(req.run.map(|r| r.0))
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+    let mut slots = Slots::default();
+    let mut busy = false;
+    for row in &rows {
+        let free: i64 = row.try_get("free").db()?;
+        busy |= row.try_get::<bool, _>("busy").db()?;
+        match row.try_get::<Option<Uuid>, _>("run").db()? {
+            Some(run) => slots.run(RunId(run), free),
+            None => slots.queue(row.try_get::<String, _>("queue").db()?, free),
+        }
+    }
+    limited_seen.store(busy, Ordering::Relaxed);
+
+    let served = req.queues.as_deref();
+    let mut chooser = Chooser::new(slots, limit);
+    while let Some(round) = chooser.next_round() {
+        let full_runs: Vec<Uuid> = round.full_runs.iter().map(|r| r.0).collect();
+        let chosen: Vec<i64> = round.chosen.iter().map(|s| s.0).collect();
+        let rows = sqlx::query(CANDIDATES)
+            .bind(req.run.map(|r| r.0))
+            .bind(served)
+            .bind(&round.full_queues)
+            .bind(&full_runs)
+            .bind(&chosen)
+            .bind(i64::from(round.want))
+            .fetch_all(&mut *conn)
+            .await
+            .db()?;
+        let ready = rows
+            .iter()
+            .map(|row| {
+                Ok(Candidate {
+                    id: StepId(row.try_get("id").db()?),
+                    queue: row.try_get("queue").db()?,
+                    run: codec::run_id(row, "run_id")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        chooser.offer(ready);
+    }
+    let chosen = chooser.into_chosen();
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = chosen.iter().map(|s| s.0).collect();
+    let rows = sqlx::query(TAKE)
+        .bind(codec::text(&req.worker.0).into_owned())
+        .bind(PgTime(req.now))
+        .bind(codec::lease_micros(req.lease))
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+    let claimed = rows.iter().map(claimed_step).collect::<StoreResult<_>>()?;
+    Ok(in_claim_order(claimed))
+}
+
+/// A claimed step with its claim order, from a claim's `RETURNING` row.
+fn claimed_step(row: &PgRow) -> StoreResult<((i32, Timestamp, i64), ClaimedStep)> {
+    let order: (i32, Timestamp, i64) = (
+        row.try_get("priority").db()?,
+        codec::time(row, "scheduled_at")?,
+        row.try_get("id").db()?,
+    );
+    let trigger: String = row.try_get("triggered_by").db()?;
+    let step = ClaimedStep {
+        id: StepId(order.2),
+        run_id: codec::run_id(row, "run_id")?,
+        target: codec::target(row)?,
+        attempt: codec::count("steps.attempt", row.try_get("attempt").db()?)?,
+        max_attempts: codec::count("steps.max_attempts", row.try_get("max_attempts").db()?)?,
+        trigger: trigger.parse()?,
+        user: row.try_get("user_name").db()?,
+    };
+    Ok((order, step))
+}
+
+/// `RETURNING` gives no order; the steps in claim order.
+fn in_claim_order(mut claimed: Vec<((i32, Timestamp, i64), ClaimedStep)>) -> Vec<ClaimedStep> {
     claimed.sort_by_key(|((priority, at, id), _)| (-i64::from(*priority), *at, *id));
-    Ok(claimed.into_iter().map(|(_, step)| step).collect())
+    claimed.into_iter().map(|(_, step)| step).collect()
 }
 
 /// Skips, inside the caller's transaction, every pending step downstream of

@@ -319,6 +319,7 @@ async fn fan_in_completions_never_deadlock() {
             upstream: (0..UPSTREAM).collect(),
             max_attempts: 1,
             priority: 0,
+            queue: flowstone_core::store::DEFAULT_QUEUE.into(),
         });
     }
     let run = store.create_run(run).await.unwrap();
@@ -487,6 +488,7 @@ fn independent(partition: &str) -> NewStep {
         upstream: vec![],
         max_attempts: 1,
         priority: 0,
+        queue: flowstone_core::store::DEFAULT_QUEUE.into(),
     }
 }
 
@@ -497,6 +499,7 @@ fn one_step_run() -> NewRun {
         upstream: vec![],
         max_attempts: 1,
         priority: 0,
+        queue: flowstone_core::store::DEFAULT_QUEUE.into(),
     });
     run
 }
@@ -511,6 +514,7 @@ fn pairs_run(n: usize) -> NewRun {
             upstream: vec![],
             max_attempts: 1,
             priority: 0,
+            queue: flowstone_core::store::DEFAULT_QUEUE.into(),
         });
     }
     for i in 0..n {
@@ -520,6 +524,7 @@ fn pairs_run(n: usize) -> NewRun {
             upstream: vec![i],
             max_attempts: 1,
             priority: 0,
+            queue: flowstone_core::store::DEFAULT_QUEUE.into(),
         });
     }
     NewRun {
@@ -528,6 +533,7 @@ fn pairs_run(n: usize) -> NewRun {
         user: "test".into(),
         description: "postgres test".into(),
         created_at: Timestamp::now(),
+        max_parallel: None,
         steps,
     }
 }
@@ -539,6 +545,8 @@ fn claim_request(worker: &WorkerId, now: Timestamp, limit: u32) -> ClaimRequest 
         limit,
         now,
         lease: SignedDuration::from_secs(60),
+        queues: None,
+        limits: Default::default(),
     }
 }
 

@@ -4,14 +4,11 @@
 //! (as `materialize` does at the command line), with the run's own
 //! `max_parallel`; its task is owned here, wakes the event feed whenever the
 //! run reports progress, and is drained on shutdown. The in-process worker
-//! over all runs may take steps of any run too, and ends the runs whose last
-//! step it records (the leader's maintenance ends any left behind).
-
-// FIXME(one queue, two loops): a run launched here is worked on by its own
-// loop (with its max_parallel) and the all-runs worker may claim its steps
-// too, so up to max_parallel + the worker's parallelism of its steps run at
-// once. Launching through the queue only, with per-run limits enforced by the
-// claim, would resolve it (issue 3's queue limits).
+//! over all runs, and workers elsewhere, may take steps of the run too: the
+//! run's `max_parallel` is its cap in the store, which every claim respects,
+//! so together they never run more of its steps at once. The worker over all
+//! runs ends the runs whose last step it records (the leader's maintenance
+//! ends any left behind).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -82,6 +82,9 @@ pub struct SqliteStore {
     /// Notices of this process's commits that appended events; other
     /// processes sharing the file see its changes by polling.
     notices: tokio::sync::broadcast::Sender<Notice>,
+    /// Whether this store's last limited claim saw limited work (steps of a
+    /// limited queue, or a capped run): claims then start with a limited claim.
+    pub(crate) limited_seen: std::sync::atomic::AtomicBool,
 }
 
 impl SqliteStore {
@@ -126,6 +129,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: None,
             notices: tokio::sync::broadcast::channel(1024).0,
+            limited_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -177,6 +181,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: Some(readers),
             notices: tokio::sync::broadcast::channel(1024).0,
+            limited_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -31,7 +31,8 @@ pub(crate) enum Direction {
 
 macro_rules! run_columns {
     () => {
-        "id, state, triggered_by, user_name, description, created_at, finished_at, pruned_counts"
+        "id, state, triggered_by, user_name, description, created_at, finished_at, pruned_counts, \
+         max_parallel"
     };
 }
 
@@ -370,6 +371,11 @@ fn run_record(row: &SqliteRow, counts: &HashMap<RunId, StepCounts>) -> StoreResu
         description: row.try_get("description").db()?,
         created_at: codec::timestamp("runs.created_at", row.try_get("created_at").db()?)?,
         finished_at: codec::opt_timestamp("runs.finished_at", row.try_get("finished_at").db()?)?,
+        max_parallel: row
+            .try_get::<Option<i64>, _>("max_parallel")
+            .db()?
+            .map(|n| codec::count("runs.max_parallel", n))
+            .transpose()?,
         steps: match row.try_get::<Option<String>, _>("pruned_counts").db()? {
             Some(pruned) => serde_json::from_str(&pruned).map_err(|err| {
                 StoreError::Corrupt(format!("runs.pruned_counts of run {id}: {err}"))

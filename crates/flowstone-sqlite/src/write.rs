@@ -16,7 +16,9 @@
 //! the batch is the outer loop and each item a rowid lookup.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use flowstone_core::slots::{Candidate, Chooser, Slots};
 use flowstone_core::store::{
     ClaimRequest, ClaimedStep, Completion, EventKind, Failure, Level, NewEvent, NewRun, Outcome,
     RunRecord, RunState, StepState, StoreError, StoreResult, WorkerRecord,
@@ -33,50 +35,113 @@ use crate::codec::{self, DbResult, micros};
 /// Steps inserted per statement by `create_run`, to bound the JSON parameter.
 const INSERT_CHUNK: usize = 4096;
 
+/// The steps a claim of `?4` items may take when no limit concerns it: of a
+/// `running` run without a cap, of the served queues (`?5`, a JSON array, or
+/// NULL for all) but not of a limited one (`?6`, a JSON array). The run
+/// filter (`?7`) is spliced in.
+macro_rules! unlimited_ready {
+    ($state:literal, $run_filter:literal) => {
+        concat!(
+            "SELECT id, priority, scheduled_at FROM steps \
+             WHERE ",
+            $state,
+            " AND run_id IN ( \
+                   SELECT id FROM runs WHERE state = 'running' AND max_parallel IS NULL) \
+               AND (?5 IS NULL OR queue IN (SELECT value FROM json_each(?5))) \
+               AND queue NOT IN (SELECT value FROM json_each(?6)) ",
+            $run_filter,
+            " ORDER BY priority DESC, scheduled_at, id LIMIT ?4"
+        )
+    };
+}
+
+/// The claim's update, shared by both unlimited claims: the first ready
+/// steps (available, or retryable and due at `?2`) become `running` under
+/// `?1` until `?3`, and come back with their runs' trigger and user.
+macro_rules! claim_sql {
+    ($run_filter:literal) => {
+        concat!(
+            "UPDATE steps \
+             SET state = 'running', attempt = attempt + 1, worker = ?1, started_at = ?2, \
+                 lease_until = ?3, finished_at = NULL \
+             WHERE id IN ( \
+                 SELECT id FROM ( \
+                     SELECT * FROM (",
+            unlimited_ready!("state = 'available'", $run_filter),
+            ") UNION ALL SELECT * FROM (",
+            unlimited_ready!("state = 'retryable' AND scheduled_at <= ?2", $run_filter),
+            ")) ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
+             RETURNING ",
+            claim_returning!()
+        )
+    };
+}
+
+/// What a claim returns of each step it took.
+macro_rules! claim_returning {
+    () => {
+        "id, run_id, asset_key, partition_key, attempt, max_attempts, priority, \
+         scheduled_at, \
+         (SELECT triggered_by FROM runs WHERE runs.id = steps.run_id) AS triggered_by, \
+         (SELECT user_name FROM runs WHERE runs.id = steps.run_id) AS user_name"
+    };
+}
+
 /// Claims from every `running` run (an interrupted run is paused for every
 /// worker until it is resumed).
-const CLAIM_ANY: &str = "UPDATE steps \
-     SET state = 'running', attempt = attempt + 1, worker = ?1, started_at = ?2, \
-         lease_until = ?3, finished_at = NULL \
-     WHERE id IN ( \
-         SELECT id FROM ( \
-             SELECT * FROM ( \
-                 SELECT id, priority, scheduled_at FROM steps \
-                 WHERE state = 'available' \
-                   AND run_id IN (SELECT id FROM runs WHERE state = 'running') \
-                 ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
-             UNION ALL \
-             SELECT * FROM ( \
-                 SELECT id, priority, scheduled_at FROM steps \
-                 WHERE state = 'retryable' AND scheduled_at <= ?2 \
-                   AND run_id IN (SELECT id FROM runs WHERE state = 'running') \
-                 ORDER BY priority DESC, scheduled_at, id LIMIT ?4)) \
-         ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
-     RETURNING id, run_id, asset_key, partition_key, attempt, max_attempts, priority, \
-         scheduled_at, \
-         (SELECT triggered_by FROM runs WHERE runs.id = steps.run_id) AS triggered_by, \
-         (SELECT user_name FROM runs WHERE runs.id = steps.run_id) AS user_name";
+const CLAIM_ANY: &str = claim_sql!("");
 
-/// Claims from one run (`?5`), while it is `running`.
-const CLAIM_RUN: &str = "UPDATE steps \
+/// Claims from one run (`?7`).
+const CLAIM_RUN: &str = claim_sql!("AND run_id = ?7");
+
+/// Whether there is limited work about: a capped running run, or steps of a
+/// limited queue (`?1`, a JSON array) running or waiting.
+const LIMITED_WORK: &str = "SELECT EXISTS (SELECT 1 FROM runs \
+         WHERE state = 'running' AND max_parallel IS NOT NULL) \
+     OR EXISTS (SELECT 1 FROM steps WHERE queue IN (SELECT value FROM json_each(?1)) \
+         AND state IN ('running', 'available', 'retryable'))";
+
+/// The free slots of the limited queues (`?1`, a JSON object of limits) and
+/// of the capped running runs (only `?2` when given), with whether the queue
+/// has steps running or waiting.
+const FREE_SLOTS: &str = "SELECT l.key AS queue, NULL AS run, \
+         l.value - (SELECT count(*) FROM steps s \
+                    WHERE s.state = 'running' AND s.queue = l.key) AS free, \
+         EXISTS (SELECT 1 FROM steps s WHERE s.queue = l.key \
+                 AND s.state IN ('running', 'available', 'retryable')) AS busy \
+     FROM json_each(?1) AS l \
+     UNION ALL \
+     SELECT NULL, r.id, \
+         r.max_parallel - (SELECT count(*) FROM steps s \
+                           WHERE s.run_id = r.id AND s.state = 'running'), \
+         1 \
+     FROM runs AS r \
+     WHERE r.state = 'running' AND r.max_parallel IS NOT NULL \
+       AND (?2 IS NULL OR r.id = ?2)";
+
+/// Ready steps at `?1` in claim order for a limited claim, leaving out full
+/// queues (`?4`) and runs (`?5`) and steps already chosen (`?6`), all JSON
+/// arrays.
+const CANDIDATES: &str = "SELECT id, queue, run_id FROM steps \
+     WHERE (state = 'available' OR (state = 'retryable' AND scheduled_at <= ?1)) \
+       AND run_id IN (SELECT id FROM runs WHERE state = 'running') \
+       AND (?2 IS NULL OR run_id = ?2) \
+       AND (?3 IS NULL OR queue IN (SELECT value FROM json_each(?3))) \
+       AND queue NOT IN (SELECT value FROM json_each(?4)) \
+       AND run_id NOT IN (SELECT value FROM json_each(?5)) \
+       AND id NOT IN (SELECT value FROM json_each(?6)) \
+     ORDER BY priority DESC, scheduled_at, id \
+     LIMIT ?7";
+
+/// Takes the chosen steps (`?4`, a JSON array of ids).
+const TAKE: &str = concat!(
+    "UPDATE steps \
      SET state = 'running', attempt = attempt + 1, worker = ?1, started_at = ?2, \
          lease_until = ?3, finished_at = NULL \
-     WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?5 AND state = 'running') AND id IN ( \
-         SELECT id FROM ( \
-             SELECT * FROM ( \
-                 SELECT id, priority, scheduled_at FROM steps \
-                 WHERE run_id = ?5 AND state = 'available' \
-                 ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
-             UNION ALL \
-             SELECT * FROM ( \
-                 SELECT id, priority, scheduled_at FROM steps \
-                 WHERE run_id = ?5 AND state = 'retryable' AND scheduled_at <= ?2 \
-                 ORDER BY priority DESC, scheduled_at, id LIMIT ?4)) \
-         ORDER BY priority DESC, scheduled_at, id LIMIT ?4) \
-     RETURNING id, run_id, asset_key, partition_key, attempt, max_attempts, priority, \
-         scheduled_at, \
-         (SELECT triggered_by FROM runs WHERE runs.id = steps.run_id) AS triggered_by, \
-         (SELECT user_name FROM runs WHERE runs.id = steps.run_id) AS user_name";
+     WHERE id IN (SELECT value FROM json_each(?4)) \
+     RETURNING ",
+    claim_returning!()
+);
 
 /// Moves running steps to completed, checking attempt and worker; items are
 /// `[step, attempt, worker, finished_at]`. Returns the claims that moved.
@@ -156,14 +221,16 @@ impl SqliteStore {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
 
         sqlx::query(
-            "INSERT INTO runs (id, state, triggered_by, user_name, description, created_at) \
-             VALUES (?1, 'running', ?2, ?3, ?4, ?5)",
+            "INSERT INTO runs (id, state, triggered_by, user_name, description, created_at, \
+                 max_parallel) \
+             VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6)",
         )
         .bind(run.id.to_string())
         .bind(run.trigger.as_str())
         .bind(run.user.clone())
         .bind(run.description.clone())
         .bind(micros(run.created_at))
+        .bind(run.max_parallel.map(i64::from))
         .execute(&mut *tx)
         .await
         .db()?;
@@ -197,14 +264,15 @@ impl SqliteStore {
                         step.max_attempts,
                         step.priority,
                         waits,
+                        step.queue,
                     ])
                 })
                 .collect();
             let inserted = sqlx::query(
                 "INSERT INTO steps (id, run_id, asset_key, partition_key, state, attempt, \
-                     max_attempts, priority, scheduled_at, upstream_remaining) \
+                     max_attempts, priority, scheduled_at, upstream_remaining, queue) \
                  SELECT value ->> 0, ?1, value ->> 1, value ->> 2, value ->> 3, 0, \
-                     value ->> 4, value ->> 5, ?2, value ->> 6 \
+                     value ->> 4, value ->> 5, ?2, value ->> 6, value ->> 7 \
                  FROM jsonb_each(?3)",
             )
             .bind(run.id.to_string())
@@ -256,7 +324,7 @@ impl SqliteStore {
         }
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
-        let claimed = claim_in(&mut tx, &req).await?;
+        let claimed = claim_in(&mut tx, &req, &self.limited_seen).await?;
         tx.commit().await.db()?;
         Ok(claimed)
     }
@@ -272,7 +340,7 @@ impl SqliteStore {
         let claimed = if next.limit == 0 {
             Vec::new()
         } else {
-            claim_in(&mut tx, &next).await?
+            claim_in(&mut tx, &next, &self.limited_seen).await?
         };
         tx.commit().await.db()?;
         self.notify(batch.iter().map(|c| c.materialization.run_id));
@@ -683,12 +751,59 @@ async fn ensure_run_exists(conn: &mut SqliteConnection, run: RunId) -> StoreResu
     }
 }
 
-/// Claims inside the caller's transaction: one statement picks the ready
-/// steps in order, takes them and reads their runs' trigger and user.
+/// Claims inside the caller's transaction; `req.limit` is not 0.
+///
+/// As on PostgreSQL: steps of limited queues and capped runs are taken by a
+/// limited claim ([`flowstone_core::slots`]): first when the last claim of
+/// this store saw limited work about, otherwise after the unlimited claim with
+/// the slots it left over. The write lock serializes limited claims.
 async fn claim_in(
     conn: &mut SqliteConnection,
     req: &ClaimRequest,
+    limited_seen: &AtomicBool,
 ) -> StoreResult<Vec<ClaimedStep>> {
+    let limited_queues = limited_queues(req);
+    if limited_seen.load(Ordering::Relaxed) {
+        return limited_claim(conn, req, req.limit, &limited_queues, limited_seen).await;
+    }
+    let mut claimed = unlimited_claim(conn, req, &limited_queues).await?;
+    let left = req.limit - claimed.len() as u32;
+    // A full claim that no limit can concern needs no second look.
+    if left > 0 || !limited_queues.is_empty() {
+        let names: Vec<&String> = limited_queues.keys().collect();
+        let limited: bool = sqlx::query_scalar(LIMITED_WORK)
+            .bind(json!(names).to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .db()?;
+        limited_seen.store(limited, Ordering::Relaxed);
+        if left > 0 && limited {
+            claimed.extend(limited_claim(conn, req, left, &limited_queues, limited_seen).await?);
+        }
+    }
+    Ok(claimed)
+}
+
+/// The limits of the queues `req` serves.
+fn limited_queues(req: &ClaimRequest) -> serde_json::Map<String, serde_json::Value> {
+    req.limits
+        .iter()
+        .filter(|(queue, _)| {
+            req.queues
+                .as_ref()
+                .is_none_or(|served| served.iter().any(|q| q == *queue))
+        })
+        .map(|(queue, limit)| (queue.clone(), json!(limit)))
+        .collect()
+}
+
+/// One statement claiming the first ready steps that no limit concerns.
+async fn unlimited_claim(
+    conn: &mut SqliteConnection,
+    req: &ClaimRequest,
+    limited_queues: &serde_json::Map<String, serde_json::Value>,
+) -> StoreResult<Vec<ClaimedStep>> {
+    let limited: Vec<&String> = limited_queues.keys().collect();
     let query = match req.run {
         Some(_) => sqlx::query(CLAIM_RUN),
         None => sqlx::query(CLAIM_ANY),
@@ -697,12 +812,92 @@ async fn claim_in(
         .bind(req.worker.0.clone())
         .bind(micros(req.now))
         .bind(codec::micros_after(req.now, req.lease))
-        .bind(i64::from(req.limit));
+        .bind(i64::from(req.limit))
+        .bind(req.queues.as_ref().map(|q| json!(q).to_string()))
+        .bind(json!(limited).to_string());
     if let Some(run) = req.run {
         query = query.bind(run.to_string());
     }
     let rows = query.fetch_all(&mut *conn).await.db()?;
+    in_claim_order(&rows)
+}
 
+/// Claims up to `limit` steps within the free slots of limited queues and
+/// capped runs; records in `limited_seen` whether there is limited work about.
+async fn limited_claim(
+    conn: &mut SqliteConnection,
+    req: &ClaimRequest,
+    limit: u32,
+    limited_queues: &serde_json::Map<String, serde_json::Value>,
+    limited_seen: &AtomicBool,
+) -> StoreResult<Vec<ClaimedStep>> {
+    let rows = sqlx::query(FREE_SLOTS)
+        .bind(serde_json::Value::Object(limited_queues.clone()).to_string())
+        .bind(req.run.map(|r| r.to_string()))
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+    let mut slots = Slots::default();
+    let mut busy = false;
+    for row in &rows {
+        let free: i64 = row.try_get("free").db()?;
+        busy |= row.try_get::<bool, _>("busy").db()?;
+        match row.try_get::<Option<String>, _>("run").db()? {
+            Some(run) => slots.run(codec::run_id("runs.id", &run)?, free),
+            None => slots.queue(row.try_get::<String, _>("queue").db()?, free),
+        }
+    }
+    limited_seen.store(busy, Ordering::Relaxed);
+
+    let served = req.queues.as_ref().map(|q| json!(q).to_string());
+    let run = req.run.map(|r| r.to_string());
+    let mut chooser = Chooser::new(slots, limit);
+    while let Some(round) = chooser.next_round() {
+        let full_runs: Vec<String> = round.full_runs.iter().map(ToString::to_string).collect();
+        let chosen: Vec<i64> = round.chosen.iter().map(|s| s.0).collect();
+        let rows = sqlx::query(CANDIDATES)
+            .bind(micros(req.now))
+            .bind(run.clone())
+            .bind(served.clone())
+            .bind(json!(round.full_queues).to_string())
+            .bind(json!(full_runs).to_string())
+            .bind(json!(chosen).to_string())
+            .bind(i64::from(round.want))
+            .fetch_all(&mut *conn)
+            .await
+            .db()?;
+        let ready = rows
+            .iter()
+            .map(|row| {
+                let run: String = row.try_get("run_id").db()?;
+                Ok(Candidate {
+                    id: StepId(row.try_get("id").db()?),
+                    queue: row.try_get("queue").db()?,
+                    run: codec::run_id("steps.run_id", &run)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        chooser.offer(ready);
+    }
+    let chosen = chooser.into_chosen();
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = chosen.iter().map(|s| s.0).collect();
+    let rows = sqlx::query(TAKE)
+        .bind(req.worker.0.clone())
+        .bind(micros(req.now))
+        .bind(codec::micros_after(req.now, req.lease))
+        .bind(json!(ids).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+    in_claim_order(&rows)
+}
+
+/// The steps of a claim's `RETURNING` rows, in claim order (`RETURNING` gives
+/// none).
+fn in_claim_order(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<ClaimedStep>> {
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
         let run: String = row.try_get("run_id").db()?;
@@ -718,7 +913,7 @@ async fn claim_in(
         let step = ClaimedStep {
             id: StepId(order.2),
             run_id: codec::run_id("steps.run_id", &run)?,
-            target: codec::target(&row)?,
+            target: codec::target(row)?,
             attempt: codec::count("steps.attempt", row.try_get("attempt").db()?)?,
             max_attempts: codec::count("steps.max_attempts", row.try_get("max_attempts").db()?)?,
             trigger: trigger.parse()?,
@@ -729,8 +924,6 @@ async fn claim_in(
         };
         claimed.push((order, step));
     }
-
-    // RETURNING gives no order; hand the steps out in claim order.
     claimed.sort_by_key(|((priority, at, id), _)| (-priority, *at, *id));
     Ok(claimed.into_iter().map(|(_, step)| step).collect())
 }

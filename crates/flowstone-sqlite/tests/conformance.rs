@@ -66,6 +66,9 @@ cases!(
     runs_without_live_steps_and_forgotten_workers,
     pruning_keeps_history_and_counts,
     events_since_reads_every_run,
+    queue_limits_hold_across_claimers,
+    claims_serve_only_their_queues,
+    run_caps_hold_across_claimers,
 );
 
 /// The whole suite through `run_all`, against in-memory stores.

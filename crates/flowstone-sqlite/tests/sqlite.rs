@@ -434,6 +434,7 @@ async fn throughput_of_no_op_batches() {
                 upstream: vec![],
                 max_attempts: 1,
                 priority: 0,
+                queue: flowstone_core::store::DEFAULT_QUEUE.into(),
             })
             .collect();
         store.create_run(run).await.unwrap();
@@ -538,6 +539,7 @@ fn one_step_run() -> NewRun {
         upstream: vec![],
         max_attempts: 1,
         priority: 0,
+        queue: flowstone_core::store::DEFAULT_QUEUE.into(),
     });
     run
 }
@@ -555,6 +557,7 @@ fn pairs_run(n: usize) -> NewRun {
             upstream: vec![],
             max_attempts: 1,
             priority: 0,
+            queue: flowstone_core::store::DEFAULT_QUEUE.into(),
         });
     }
     for i in 0..n {
@@ -564,6 +567,7 @@ fn pairs_run(n: usize) -> NewRun {
             upstream: vec![i],
             max_attempts: 1,
             priority: 0,
+            queue: flowstone_core::store::DEFAULT_QUEUE.into(),
         });
     }
     NewRun {
@@ -572,6 +576,7 @@ fn pairs_run(n: usize) -> NewRun {
         user: "test".into(),
         description: "sqlite test".into(),
         created_at: Timestamp::now(),
+        max_parallel: None,
         steps,
     }
 }
@@ -583,6 +588,8 @@ fn claim_request(worker: &WorkerId, now: Timestamp, limit: u32) -> ClaimRequest 
         limit,
         now,
         lease: SignedDuration::from_secs(60),
+        queues: None,
+        limits: Default::default(),
     }
 }
 

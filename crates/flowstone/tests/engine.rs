@@ -673,3 +673,147 @@ async fn a_second_backfill_leaves_out_what_a_queued_run_holds_and_a_materialize_
         .unwrap();
     assert_eq!(outcome.run.state, RunState::Succeeded);
 }
+
+/// The most steps seen running at once, per asset.
+#[derive(Default)]
+struct Gauge {
+    now: std::sync::Mutex<std::collections::HashMap<String, (u32, u32)>>,
+}
+
+impl Gauge {
+    fn enter(&self, asset: &str) {
+        let mut now = self.now.lock().unwrap();
+        let (current, max) = now.entry(asset.to_owned()).or_default();
+        *current += 1;
+        *max = (*max).max(*current);
+    }
+
+    fn leave(&self, asset: &str) {
+        let mut now = self.now.lock().unwrap();
+        now.get_mut(asset).unwrap().0 -= 1;
+    }
+
+    fn max(&self, asset: &str) -> u32 {
+        self.now
+            .lock()
+            .unwrap()
+            .get(asset)
+            .map_or(0, |(_, max)| *max)
+    }
+}
+
+fn gauged(key: &str, gauge: &Arc<Gauge>) -> AssetBuilder {
+    let gauge = gauge.clone();
+    let key_owned = key.to_owned();
+    AssetBuilder::new(key)
+        .partitions(daily())
+        .compute(move |_ctx, _in| {
+            let gauge = gauge.clone();
+            let key = key_owned.clone();
+            async move {
+                gauge.enter(&key);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                gauge.leave(&key);
+                Ok(1u8)
+            }
+        })
+}
+
+/// A queue's limit and a run's cap bound the steps running at once across
+/// every loop working on the store: the run's own loop and a worker over all
+/// runs, each allowed 8. (A loop that completes a step takes the freed slot in
+/// the same transaction, so the worker that joins late may get none; without
+/// the limit it would take up to 8 more at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_limits_and_run_caps_bound_steps_across_loops() {
+    let gauge = Arc::new(Gauge::default());
+    let defs = Definitions::builder()
+        .add_asset(gauged("call", &gauge).queue("llm"))
+        .add_asset(gauged("plain", &gauge))
+        .queue_limit("llm", 2)
+        .io_manager("default", MemoryIoManager::new())
+        .build()
+        .unwrap();
+    let store = SqliteStore::in_memory().await.unwrap();
+    let engine = Engine::new(defs, Arc::new(store));
+
+    // Each run is launched, and once its own loop recorded a step a worker
+    // over all runs joins in; each loop may run 8 steps at once.
+    let run_with_worker = async |request: RunRequest| {
+        let Launch::Started { handle, .. } = engine.launch(request).await.unwrap() else {
+            panic!("something to do");
+        };
+        let mut started = handle.progress();
+        started.wait_for(|p| p.recorded >= 1).await.unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(flowstone::Stop::No);
+        let (progress, progress_rx) = tokio::sync::watch::channel(flowstone::Progress::default());
+        let opts = flowstone::WorkerOptions {
+            max_parallel: 8,
+            poll: Duration::from_millis(5),
+            ..flowstone::WorkerOptions::default()
+        };
+        let worker = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.serve_worker(opts, stop_rx, progress).await }
+        });
+        let outcome = handle.wait().await.unwrap();
+        stop.send_replace(flowstone::Stop::Drain);
+        worker.await.unwrap().unwrap();
+        let by_worker = progress_rx.borrow().recorded;
+        (outcome, by_worker)
+    };
+
+    // The run is uncapped: the llm queue's limit alone holds the calls to 2.
+    let (outcome, by_worker) = run_with_worker(RunRequest::backfill(
+        vec!["call".parse().unwrap()],
+        PartitionSelection::All,
+    ))
+    .await;
+    assert_eq!(outcome.run.state, RunState::Succeeded);
+    assert_eq!(outcome.recorded + by_worker, 10);
+    assert_eq!(gauge.max("call"), 2, "the llm queue's limit is 2");
+
+    // A capped run: 3 at once.
+    let (outcome, by_worker) = run_with_worker(
+        RunRequest::backfill(vec!["plain".parse().unwrap()], PartitionSelection::All)
+            .max_parallel(3),
+    )
+    .await;
+    assert_eq!(outcome.run.state, RunState::Succeeded);
+    assert_eq!(outcome.recorded + by_worker, 10);
+    let max = gauge.max("plain");
+    assert!(
+        (1..=3).contains(&max),
+        "the run's cap is 3, saw {max} at once"
+    );
+}
+
+#[test]
+fn queue_limits_are_checked_with_the_definitions() {
+    let err = Definitions::builder()
+        .add_asset(
+            AssetBuilder::new("a")
+                .queue("llm")
+                .compute(|_c, _i| async { Ok(1u8) }),
+        )
+        .add_asset(
+            AssetBuilder::new("b")
+                .queue("bad queue!")
+                .compute(|_c, _i| async { Ok(1u8) }),
+        )
+        .queue_limit("lm", 2)
+        .queue_limit("llm", 0)
+        .build()
+        .map(|_| ())
+        .expect_err("invalid definitions")
+        .to_string();
+    assert!(err.contains("bad queue name \"bad queue!\""), "{err}");
+    assert!(
+        err.contains("queue limit for \"lm\": no asset uses this queue; queues in use:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("queue limit for \"llm\": the limit must be at least 1"),
+        "{err}"
+    );
+}

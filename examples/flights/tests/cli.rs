@@ -147,6 +147,21 @@ fn bad_input_gets_a_clear_message_and_exit_code_2() {
         &["not-a-store.txt"],
     );
     bad_input(store, &["materialize", "airlines", "--as", " "], &["--as"]);
+    // A queue no asset uses, or a malformed name, is refused before the
+    // worker registers.
+    bad_input(
+        store,
+        &["worker", "--queues", "default,llm"],
+        &[
+            "--queues: no asset uses queue \"llm\"",
+            "queues in use: default",
+        ],
+    );
+    bad_input(
+        store,
+        &["worker", "--queues", "no spaces"],
+        &["--queues: bad queue name", "letters, digits"],
+    );
 }
 
 #[test]

@@ -79,6 +79,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub concurrency: Option<u16>,
 
+    /// Serve only these queues, comma-separated (e.g. `llm,default`); assets
+    /// name theirs with `queue = "..."` [default: every queue].
+    #[arg(long, value_name = "QUEUE,...", value_delimiter = ',', num_args = 1..)]
+    pub queues: Option<Vec<String>>,
+
     /// How long a claimed step is held without a heartbeat before the leader
     /// rescues it (e.g. 30s, 2m); heartbeats go out at a quarter of it.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration)]
@@ -205,7 +210,8 @@ pub struct BackfillArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Steps run at once [default: the number of CPUs].
+    /// At most N steps of the run at once, across this process and every
+    /// `worker` [default: the number of CPUs here, no cap for other workers].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_parallel: Option<u16>,
 

@@ -14,9 +14,14 @@ use tokio::sync::watch;
 
 use super::args::{DaemonArgs, MaintenanceArgs, WorkerArgs};
 use super::progress::Interrupts;
-use super::{Ctx, EXIT_OK, Failure};
+use super::{Ctx, EXIT_OK, Failure, usage};
 
 pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<u8, Failure> {
+    let queues = args
+        .queues
+        .as_deref()
+        .map(|queues| served_queues(&ctx.engine.definitions().queues(), queues))
+        .transpose()?;
     let concurrency = args
         .concurrency
         .map_or_else(flowstone_core::default_parallelism, usize::from);
@@ -32,10 +37,15 @@ pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<u8, Failure> {
         // Idle workers wake on the store's notices (LISTEN/NOTIFY on
         // PostgreSQL); polling only covers what those miss.
         poll: Duration::from_millis(500),
+        queues: queues.clone(),
+    };
+    let serving = match &queues {
+        Some(queues) => format!("queue(s) {}", queues.join(", ")),
+        None => "every queue".to_owned(),
     };
     eprintln!(
-        "worker pid {} on {} serving {} with concurrency {concurrency}; SIGTERM or Ctrl-C \
-         drains it",
+        "worker pid {} on {} serving {serving} of {} with concurrency {concurrency}; SIGTERM \
+         or Ctrl-C drains it",
         std::process::id(),
         flowstone_core::host_name(),
         ctx.store_location,
@@ -86,6 +96,27 @@ pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<u8, Failure> {
         done.recorded, done.failed
     );
     Ok(EXIT_OK)
+}
+
+/// The queues of `--queues`, checked against those the assets use.
+fn served_queues(known: &[&str], asked: &[String]) -> Result<Vec<String>, Failure> {
+    let mut queues: Vec<String> = Vec::new();
+    for queue in asked {
+        let queue = queue.trim();
+        if let Err(message) = flowstone_core::asset::check_queue_name(queue) {
+            return Err(usage(format!("--queues: {message}")));
+        }
+        if !known.contains(&queue) {
+            return Err(usage(format!(
+                "--queues: no asset uses queue {queue:?}; queues in use: {}",
+                known.join(", ")
+            )));
+        }
+        if !queues.iter().any(|q| q == queue) {
+            queues.push(queue.to_owned());
+        }
+    }
+    Ok(queues)
 }
 
 pub(crate) async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<u8, Failure> {

@@ -304,10 +304,12 @@ impl Ctx {
         } else {
             PartitionSelection::Keys(args.partitions.clone())
         };
-        let request = RunRequest::materialize(assets, partitions)
-            .with_upstream(args.with_upstream)
-            .trigger(Trigger::Cli)
-            .max_parallel(parallelism(&args.run));
+        let request = capped(
+            RunRequest::materialize(assets, partitions)
+                .with_upstream(args.with_upstream)
+                .trigger(Trigger::Cli),
+            &args.run,
+        );
         self.launch(request, &args.run).await
     }
 
@@ -320,9 +322,8 @@ impl Ctx {
         let request = RunRequest::backfill(assets, partitions)
             .with_upstream(args.with_upstream)
             .force(args.force)
-            .refresh_stale(args.stale)
-            .max_parallel(parallelism(&args.run));
-        self.launch(request, &args.run).await
+            .refresh_stale(args.stale);
+        self.launch(capped(request, &args.run), &args.run).await
     }
 
     async fn launch(&self, request: RunRequest, run_args: &RunArgs) -> Result<u8, Failure> {
@@ -436,6 +437,14 @@ impl Ctx {
                 matches.len()
             ))),
         }
+    }
+}
+
+/// The request with the run's cap from `--max-parallel`, when given.
+fn capped(request: RunRequest, args: &RunArgs) -> RunRequest {
+    match args.max_parallel {
+        Some(n) => request.max_parallel(usize::from(n)),
+        None => request,
     }
 }
 
