@@ -50,6 +50,10 @@ const END_DAY: &str = "2023-12-17";
 const CHAIN_STEP: Duration = Duration::from_millis(15);
 const SLOW_STEP: Duration = Duration::from_secs(2);
 
+/// How long a step of `limited` sleeps, and its queue's limit.
+const LIMITED_STEP: Duration = Duration::from_millis(60);
+const LLM_LIMIT: u32 = 3;
+
 /// The workers' claim lease and leader lease; the leader works every third
 /// of its lease (see the `worker` command).
 const LEASE: Duration = Duration::from_secs(2);
@@ -75,8 +79,9 @@ fn worker_process() {
 }
 
 /// `raw` -> `clean` -> `summary`, daily, each step a short sleep; `slow`, daily
-/// too, whose steps take [`SLOW_STEP`]. Every asset retries, so that steps of
-/// killed workers are rescued rather than failed.
+/// too, whose steps take [`SLOW_STEP`]; `limited`, daily, in the `llm` queue
+/// limited to [`LLM_LIMIT`]. Every asset but `limited` retries, so that steps
+/// of killed workers are rescued rather than failed.
 fn test_definitions() -> Result<Definitions, DefinitionErrors> {
     let daily = TimeWindowPartitions::daily(FIRST_DAY)
         .end(END_DAY)
@@ -116,6 +121,17 @@ fn test_definitions() -> Result<Definitions, DefinitionErrors> {
                     Ok(clean.len() as u64)
                 }),
         )
+        .add_asset(
+            AssetBuilder::new("limited")
+                .partitions(daily.clone())
+                .queue("llm")
+                .compute(|ctx, _inputs| async move {
+                    let key = ctx.require_partition_key()?.to_string();
+                    tokio::time::sleep(LIMITED_STEP).await;
+                    Ok(key)
+                }),
+        )
+        .queue_limit("llm", LLM_LIMIT)
         .add_asset(
             AssetBuilder::new("slow")
                 .partitions(daily)
@@ -376,6 +392,70 @@ async fn drain_timeout_hands_a_step_to_another_worker() {
     assert_eq!(
         released[0].data["worker"].as_str().map(worker_pid),
         Some(cluster.pid(first))
+    );
+}
+
+/// Three worker processes serving the `llm` queue, eight slots each, and one
+/// serving only `default`: the `llm` steps of a backfill never run more than
+/// the queue's limit at once (judged by the recorded start and end of each
+/// materialization, which lie within its step's claim), and none runs on the
+/// worker that does not serve the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_limit_holds_across_worker_processes() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut cluster = Cluster::new(&db);
+    let (engine, store) = engine(&db, &cluster).await;
+    for _ in 0..3 {
+        cluster.start(&["--concurrency", "8", "--queues", "llm,default"]);
+    }
+    let other = cluster.start(&["--concurrency", "8", "--queues", "default"]);
+    let run = submit(
+        &engine,
+        &["limited"],
+        PartitionSelection::Range {
+            from: FIRST_DAY.into(),
+            to: "2023-02-19".into(),
+        },
+    )
+    .await;
+    assert_eq!(step_count(&store, run).await, 50);
+
+    let record = wait_for_run(&store, run, &mut cluster).await;
+    assert_eq!(record.state, RunState::Succeeded, "{record:?}");
+    let steps = check_one_materialization_per_step(&store, run).await;
+    let other_pid = cluster.pid(other);
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.worker.as_ref().map(|w| worker_pid(&w.0)) != Some(other_pid)),
+        "the worker serving only `default` ran an `llm` step"
+    );
+    let pids: BTreeSet<u32> = steps
+        .iter()
+        .filter_map(|s| s.worker.as_ref().map(|w| worker_pid(&w.0)))
+        .collect();
+
+    // The most materializations in progress at any one time.
+    let mut edges: Vec<(Timestamp, i32)> = Vec::new();
+    for m in store.materializations_of_run(run).await.unwrap() {
+        edges.push((m.started_at, 1));
+        edges.push((m.finished_at, -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    assert!(
+        most <= LLM_LIMIT as i32,
+        "{most} `llm` steps ran at once; the limit is {LLM_LIMIT}"
+    );
+    eprintln!(
+        "at most {most} at once, on {} worker process(es)",
+        pids.len()
     );
 }
 
