@@ -181,6 +181,20 @@ impl Store for TimedStore {
             .await
     }
 
+    async fn release_unknown(
+        &self,
+        worker: &WorkerId,
+        known: &[StepId],
+        claimed_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StepId>> {
+        let released = self
+            .inner
+            .release_unknown(worker, known, claimed_before, now);
+        self.timed("release_unknown", |v: &Vec<_>| v.len() as u64, released)
+            .await
+    }
+
     async fn workers(&self) -> StoreResult<Vec<WorkerRecord>> {
         self.timed("workers", none, self.inner.workers()).await
     }

@@ -136,6 +136,9 @@ pub const CASES: &[Case] = &[
     ("run_caps_hold_across_claimers", |s| {
         Box::pin(run_caps_hold_across_claimers(s))
     }),
+    ("release_unknown_hands_back_lost_claims", |s| {
+        Box::pin(release_unknown_hands_back_lost_claims(s))
+    }),
 ];
 
 /// Runs every case, each against a fresh store from `factory`.
@@ -2624,4 +2627,68 @@ pub async fn run_caps_hold_across_claimers(store: Arc<dyn Store>) {
     assert_eq!(assets(&next), ["capped"], "one slot of the cap was freed");
     let counts = store.step_counts(capped.id).await.must("step_counts");
     assert_eq!((counts.running, counts.completed), (2, 1), "{counts:?}");
+}
+
+/// Steps running under a worker that it does not know of (their claim's
+/// answer was lost) and that were claimed before the bound go back to the
+/// queue, with an event; known steps, younger claims and other workers' steps
+/// stay, and a late completion of a handed-back step is fenced.
+pub async fn release_unknown_hands_back_lost_claims(store: Arc<dyn Store>) {
+    let run = RunPlan::new()
+        .step("known", None, &[])
+        .step("lost", None, &[])
+        .step("young", None, &[])
+        .step("others", None, &[])
+        .create(&*store)
+        .await;
+    let w = worker("w");
+    let long_ago = now() - SignedDuration::from_secs(120);
+    let claim_at = |who: &WorkerId, at: Timestamp| ClaimRequest {
+        worker: who.clone(),
+        run: Some(run.id),
+        limit: 1,
+        now: at,
+        lease: SignedDuration::from_secs(600),
+        queues: None,
+        limits: Default::default(),
+    };
+    let known = store.claim(claim_at(&w, long_ago)).await.must("claim");
+    let lost = store.claim(claim_at(&w, long_ago)).await.must("claim");
+    let young = store.claim(claim_at(&w, now())).await.must("claim");
+    let theirs = store
+        .claim(claim_at(&worker("other"), long_ago))
+        .await
+        .must("claim");
+    assert_eq!(
+        (known.len(), lost.len(), young.len(), theirs.len()),
+        (1, 1, 1, 1)
+    );
+
+    let released = store
+        .release_unknown(
+            &w,
+            &[known[0].id],
+            now() - SignedDuration::from_secs(60),
+            now(),
+        )
+        .await
+        .must("release_unknown");
+    assert_eq!(released, vec![lost[0].id], "only the lost claim goes back");
+    let steps = by_asset(&store.steps(run.id).await.must("steps"));
+    assert_eq!(steps["lost"].state, StepState::Available);
+    for label in ["known", "young", "others"] {
+        assert_eq!(steps[label].state, StepState::Running, "{label}");
+    }
+    let events = store.events(run.id, None, 100).await.must("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::StepReleased && e.step_id == Some(lost[0].id)),
+        "a step_released event names the step: {events:?}"
+    );
+    let outcomes = store
+        .complete(vec![completion_of(&lost[0], &w, vec![])])
+        .await
+        .must("complete");
+    assert_eq!(outcomes, vec![Outcome::Fenced]);
 }

@@ -806,6 +806,19 @@ pub trait Store: Send + Sync + 'static {
         lease: jiff::SignedDuration,
     ) -> StoreResult<bool>;
 
+    /// Hands back to the queue the steps running under `worker` that it does
+    /// not name in `known` and that were claimed before `claimed_before`:
+    /// claims whose answer never reached it (the connection failed after the
+    /// commit). Without this, its heartbeats would hold them forever. Each
+    /// gets a `step_released` event, as [`Store::release`] gives.
+    async fn release_unknown(
+        &self,
+        worker: &WorkerId,
+        known: &[StepId],
+        claimed_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StepId>>;
+
     async fn workers(&self) -> StoreResult<Vec<WorkerRecord>>;
 
     async fn deregister_worker(&self, worker: &WorkerId) -> StoreResult<()>;

@@ -17,7 +17,7 @@
 //! at most once per step.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -28,7 +28,7 @@ use crate::asset::{AssetDef, InputSlot, Inputs};
 use crate::context::{AssetContext, ContextParts};
 use crate::definitions::Definitions;
 use crate::error::AssetError;
-use crate::ids::{AssetPartition, MaterializationId, RunId, WorkerId};
+use crate::ids::{AssetPartition, MaterializationId, RunId, StepId, WorkerId};
 use crate::io::IoManager;
 use crate::plan::{LOOKUP_CHUNK, upstream_targets_by_dep};
 use crate::store::{
@@ -125,6 +125,43 @@ enum Finished {
     Failed(Failure),
 }
 
+/// Steps claimed by the loops of this process and not yet recorded or handed
+/// back, with how many loops hold each (normally one). A loop's heartbeat
+/// hands back its worker's running steps that are not held here (claims whose
+/// answer was lost), see [`Store::release_unknown`]; one set for the process
+/// serves every loop, since each names its own worker in that call.
+static HELD: LazyLock<Mutex<HashMap<StepId, usize>>> = LazyLock::new(Default::default);
+
+fn hold(steps: impl IntoIterator<Item = StepId>) {
+    let mut held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for step in steps {
+        *held.entry(step).or_default() += 1;
+    }
+}
+
+fn let_go(steps: impl IntoIterator<Item = StepId>) {
+    let mut held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for step in steps {
+        if let Some(n) = held.get_mut(&step) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&step);
+            }
+        }
+    }
+}
+
+fn held() -> Vec<StepId> {
+    let held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    held.keys().copied().collect()
+}
+
 /// Runs the worker loop until the run is done or `stop` says so.
 ///
 /// # Cancellation
@@ -175,7 +212,7 @@ fn spawn_heartbeat(
             ticker.tick().await;
             let now = Timestamp::now();
             match store.heartbeat(worker, now, lease).await {
-                Ok(true) => {}
+                Ok(true) => release_unknown(store.as_ref(), worker, now, lease).await,
                 Ok(false) => {
                     tracing::warn!(worker = %worker, "worker was forgotten; registering again");
                     let again = WorkerRecord {
@@ -190,6 +227,32 @@ fn spawn_heartbeat(
             }
         }
     })
+}
+
+/// Hands back the worker's running steps that no loop of this process holds
+/// and that were claimed more than half a lease ago (a claim still on its way
+/// back to its loop is younger).
+async fn release_unknown(
+    store: &dyn Store,
+    worker: &WorkerId,
+    now: Timestamp,
+    lease: SignedDuration,
+) {
+    let claimed_before = now - lease / 2;
+    match store
+        .release_unknown(worker, &held(), claimed_before, now)
+        .await
+    {
+        Ok(released) if !released.is_empty() => tracing::warn!(
+            worker = %worker,
+            steps = ?released,
+            "handed back steps this worker claimed but never heard of (a lost answer)"
+        ),
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(worker = %worker, error = %err, "cannot hand back unknown steps")
+        }
+    }
 }
 
 async fn claim_work_commit(
@@ -269,6 +332,7 @@ async fn claim_work_commit(
                     while tasks.join_next().await.is_some() {}
                     let released = release_own(store.as_ref(), &shared.worker, opts.run)
                         .await?;
+                    let_go(running.values().map(|(step, _)| step.id));
                     tracing::info!(worker = %shared.worker, steps = released.len(),
                                    "released running steps");
                     return Ok(LoopEnd::Stopped);
@@ -302,6 +366,7 @@ async fn claim_work_commit(
         if !failed.is_empty() {
             seen.failed += failed.iter().filter(|f| f.retry_at.is_none()).count() as u64;
             retry("fail", stop, || store.fail(failed.clone())).await?;
+            let_go(failed.iter().map(|f| f.step));
         }
         if !done.is_empty() {
             // Completions and the next claim share one store call (one
@@ -317,6 +382,7 @@ async fn claim_work_commit(
                 store.complete_and_claim(done.clone(), next.clone())
             })
             .await?;
+            let_go(done.iter().map(|c| c.step));
             seen.recorded += outcomes
                 .iter()
                 .filter(|o| matches!(o, crate::store::Outcome::Recorded(_)))
@@ -464,6 +530,7 @@ async fn spawn_claimed(
         let started = Timestamp::now();
         let task = execute(shared.clone(), step.clone(), upstream, started);
         let handle = tasks.spawn(task);
+        hold([step.id]);
         running.insert(handle.id(), (step, started));
     }
 }

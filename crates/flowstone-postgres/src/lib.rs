@@ -269,6 +269,17 @@ impl Store for PostgresStore {
         self.write_register_worker(worker).await
     }
 
+    async fn release_unknown(
+        &self,
+        worker: &WorkerId,
+        known: &[StepId],
+        claimed_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StepId>> {
+        self.write_release_unknown(worker, known, claimed_before, now)
+            .await
+    }
+
     async fn heartbeat(
         &self,
         worker: &WorkerId,

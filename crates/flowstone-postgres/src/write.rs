@@ -226,6 +226,17 @@ const RELEASE: &str = "WITH locked AS ( \
      WHERE s.id = locked.id AND s.state = 'running' \
      RETURNING s.id, s.run_id, s.worker, s.attempt";
 
+/// Moves the running steps of worker `$1` that are not in `$2` and were
+/// claimed before `$3` back to available.
+const RELEASE_UNKNOWN: &str = "WITH locked AS ( \
+         SELECT id FROM steps \
+         WHERE state = 'running' AND worker = $1 AND id <> ALL($2) AND started_at < $3 \
+         ORDER BY id FOR UPDATE) \
+     UPDATE steps AS s SET state = 'available', lease_until = NULL \
+     FROM locked \
+     WHERE s.id = locked.id AND s.state = 'running' \
+     RETURNING s.id, s.run_id, s.worker, s.attempt";
+
 /// Inserts events, one per array element, in array order, so that event ids
 /// follow it, and notifies the `flowstone` channel once per run with the run
 /// id; PostgreSQL delivers the notifications when the transaction commits.
@@ -501,27 +512,30 @@ impl PostgresStore {
             .await
             .db()?;
 
-        let mut released = Vec::with_capacity(rows.len());
-        let mut events = EventColumns::default();
-        for row in &rows {
-            let id = StepId(row.try_get("id").db()?);
-            let worker: Option<String> = row.try_get("worker").db()?;
-            let attempt: i32 = row.try_get("attempt").db()?;
-            events.push(&NewEvent {
-                run_id: codec::run_id(row, "run_id")?,
-                step_id: Some(id),
-                at: now,
-                kind: EventKind::StepReleased,
-                level: Level::Warn,
-                message: reason.to_owned(),
-                data: json!({ "worker": worker, "attempt": attempt }),
-            });
-            released.push(id);
-        }
-        events.insert(&mut tx).await?;
-
+        let released = record_released(&mut tx, &rows, reason, now).await?;
         tx.commit().await.db()?;
-        released.sort();
+        Ok(released)
+    }
+
+    pub(crate) async fn write_release_unknown(
+        &self,
+        worker: &WorkerId,
+        known: &[StepId],
+        claimed_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StepId>> {
+        let known: Vec<i64> = known.iter().map(|s| s.0).collect();
+        let mut tx = self.pool.begin().await.db()?;
+        let rows = sqlx::query(RELEASE_UNKNOWN)
+            .bind(worker.0.as_str())
+            .bind(&known)
+            .bind(PgTime(claimed_before))
+            .fetch_all(&mut *tx)
+            .await
+            .db()?;
+        let reason = "handed back: claimed by a worker that never got the answer";
+        let released = record_released(&mut tx, &rows, reason, now).await?;
+        tx.commit().await.db()?;
         Ok(released)
     }
 
@@ -907,6 +921,36 @@ fn claimed_step(row: &PgRow) -> StoreResult<((i32, Timestamp, i64), ClaimedStep)
 fn in_claim_order(mut claimed: Vec<((i32, Timestamp, i64), ClaimedStep)>) -> Vec<ClaimedStep> {
     claimed.sort_by_key(|((priority, at, id), _)| (-i64::from(*priority), *at, *id));
     claimed.into_iter().map(|(_, step)| step).collect()
+}
+
+/// Records a `step_released` event for each row of a release (`id, run_id,
+/// worker, attempt`); returns the released steps, sorted.
+async fn record_released(
+    conn: &mut PgConnection,
+    rows: &[PgRow],
+    reason: &str,
+    now: Timestamp,
+) -> StoreResult<Vec<StepId>> {
+    let mut released = Vec::with_capacity(rows.len());
+    let mut events = EventColumns::default();
+    for row in rows {
+        let id = StepId(row.try_get("id").db()?);
+        let worker: Option<String> = row.try_get("worker").db()?;
+        let attempt: i32 = row.try_get("attempt").db()?;
+        events.push(&NewEvent {
+            run_id: codec::run_id(row, "run_id")?,
+            step_id: Some(id),
+            at: now,
+            kind: EventKind::StepReleased,
+            level: Level::Warn,
+            message: reason.to_owned(),
+            data: json!({ "worker": worker, "attempt": attempt }),
+        });
+        released.push(id);
+    }
+    events.insert(conn).await?;
+    released.sort();
+    Ok(released)
 }
 
 /// Skips, inside the caller's transaction, every pending step downstream of

@@ -43,7 +43,7 @@ use flowstone_core::store::{
     RunState, StepCounts, StepRecord, StoreError, StoreResult, WorkerRecord,
 };
 use flowstone_core::{
-    AssetKey, AssetPartition, EventId, MaterializationId, RunId, Store, WorkerId,
+    AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, Store, WorkerId,
 };
 use jiff::Timestamp;
 use sqlx::pool::PoolConnection;
@@ -328,6 +328,17 @@ impl Store for SqliteStore {
 
     async fn register_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {
         self.write_register_worker(worker).await
+    }
+
+    async fn release_unknown(
+        &self,
+        worker: &WorkerId,
+        known: &[StepId],
+        claimed_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StepId>> {
+        self.write_release_unknown(worker, known, claimed_before, now)
+            .await
     }
 
     async fn heartbeat(

@@ -461,32 +461,39 @@ impl SqliteStore {
         .await
         .db()?;
 
-        let mut released = Vec::with_capacity(rows.len());
-        let mut events = Vec::with_capacity(rows.len());
-        let mut runs = Vec::new();
-        for row in rows {
-            let id = StepId(row.try_get("id").db()?);
-            let run: String = row.try_get("run_id").db()?;
-            runs.push(codec::run_id("steps.run_id", &run)?);
-            let worker: Option<String> = row.try_get("worker").db()?;
-            let attempt: i64 = row.try_get("attempt").db()?;
-            events.push(codec::event_json(&NewEvent {
-                run_id: codec::run_id("steps.run_id", &run)?,
-                step_id: Some(id),
-                at: now,
-                kind: EventKind::StepReleased,
-                level: Level::Warn,
-                message: reason.to_owned(),
-                data: json!({ "worker": worker, "attempt": attempt }),
-            }));
-            released.push(id);
-        }
-        insert_events_in(&mut tx, events).await?;
-
+        let released = record_released(&mut tx, rows, reason, now).await?;
         tx.commit().await.db()?;
-        self.notify(runs);
-        released.sort();
-        Ok(released)
+        self.notify(released.iter().map(|(run, _)| *run));
+        Ok(released.into_iter().map(|(_, step)| step).collect())
+    }
+
+    pub(crate) async fn write_release_unknown(
+        &self,
+        worker: &WorkerId,
+        known: &[StepId],
+        claimed_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StepId>> {
+        let known: Vec<i64> = known.iter().map(|s| s.0).collect();
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.db()?;
+        let rows = sqlx::query(
+            "UPDATE steps SET state = 'available', lease_until = NULL \
+             WHERE state = 'running' AND worker = ?1 \
+               AND id NOT IN (SELECT value FROM json_each(?2)) AND started_at < ?3 \
+             RETURNING id, run_id, worker, attempt",
+        )
+        .bind(worker.0.clone())
+        .bind(json!(known).to_string())
+        .bind(micros(claimed_before))
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        let reason = "handed back: claimed by a worker that never got the answer";
+        let released = record_released(&mut tx, rows, reason, now).await?;
+        tx.commit().await.db()?;
+        self.notify(released.iter().map(|(run, _)| *run));
+        Ok(released.into_iter().map(|(_, step)| step).collect())
     }
 
     pub(crate) async fn write_run_state(
@@ -621,6 +628,38 @@ impl SqliteStore {
             .db()?;
         Ok(())
     }
+}
+
+/// Records a `step_released` event for each row of a release (`id, run_id,
+/// worker, attempt`); returns the released steps with their runs, sorted.
+async fn record_released(
+    conn: &mut SqliteConnection,
+    rows: Vec<sqlx::sqlite::SqliteRow>,
+    reason: &str,
+    now: Timestamp,
+) -> StoreResult<Vec<(RunId, StepId)>> {
+    let mut released = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = StepId(row.try_get("id").db()?);
+        let run: String = row.try_get("run_id").db()?;
+        let run = codec::run_id("steps.run_id", &run)?;
+        let worker: Option<String> = row.try_get("worker").db()?;
+        let attempt: i64 = row.try_get("attempt").db()?;
+        events.push(codec::event_json(&NewEvent {
+            run_id: run,
+            step_id: Some(id),
+            at: now,
+            kind: EventKind::StepReleased,
+            level: Level::Warn,
+            message: reason.to_owned(),
+            data: json!({ "worker": worker, "attempt": attempt }),
+        }));
+        released.push((run, id));
+    }
+    insert_events_in(conn, events).await?;
+    released.sort_by_key(|(_, step)| *step);
+    Ok(released)
 }
 
 /// Skips, inside the caller's transaction, every pending step downstream of

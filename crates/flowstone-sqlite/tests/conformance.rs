@@ -69,6 +69,7 @@ cases!(
     queue_limits_hold_across_claimers,
     claims_serve_only_their_queues,
     run_caps_hold_across_claimers,
+    release_unknown_hands_back_lost_claims,
 );
 
 /// The whole suite through `run_all`, against in-memory stores.

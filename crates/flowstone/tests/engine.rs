@@ -817,3 +817,84 @@ fn queue_limits_are_checked_with_the_definitions() {
         "{err}"
     );
 }
+
+/// A claim whose answer never reached its worker (the connection failed after
+/// the commit) leaves a step running under the worker's id that its loop does
+/// not know of: the worker's heartbeat hands it back to the queue, rather than
+/// renewing its lease for ever. (The worker serves another queue here, so
+/// that it does not claim the step again before the test looks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_is_handed_back_by_the_heartbeat() {
+    let defs = Definitions::builder()
+        .add_asset(AssetBuilder::new("only").compute(|_ctx, _in| async { Ok(1u8) }))
+        .io_manager("default", MemoryIoManager::new())
+        .build()
+        .unwrap();
+    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let engine = Engine::new(defs, store.clone());
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(flowstone::Stop::No);
+    let (progress, _) = tokio::sync::watch::channel(flowstone::Progress::default());
+    let opts = flowstone::WorkerOptions {
+        max_parallel: 2,
+        lease: jiff::SignedDuration::from_millis(400),
+        heartbeat: Duration::from_millis(100),
+        poll: Duration::from_millis(20),
+        queues: Some(vec!["elsewhere".to_owned()]),
+        ..flowstone::WorkerOptions::default()
+    };
+    let worker = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.serve_worker(opts, stop_rx, progress).await }
+    });
+    let id = loop {
+        if let Some(w) = flowstone::Store::workers(&*store).await.unwrap().first() {
+            break w.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    // The lost claim: taken under the worker's id, a while ago.
+    let request = RunRequest::materialize(vec![], PartitionSelection::Unspecified);
+    let run = engine.submit(&request).await.unwrap().1.expect("a run").id;
+    let lost = flowstone::Store::claim(
+        &*store,
+        flowstone::store::ClaimRequest {
+            worker: id,
+            run: Some(run),
+            limit: 1,
+            now: jiff::Timestamp::now() - jiff::SignedDuration::from_secs(30),
+            lease: jiff::SignedDuration::from_secs(600),
+            queues: None,
+            limits: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(lost.len(), 1);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let steps = loop {
+        let steps = flowstone::Store::steps(&*store, run).await.unwrap();
+        if steps[0].state != StepState::Running || std::time::Instant::now() > deadline {
+            break steps;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.send_replace(flowstone::Stop::Drain);
+    worker.await.unwrap().unwrap();
+    assert_eq!(
+        steps[0].state,
+        StepState::Available,
+        "handed back: {steps:#?}"
+    );
+    let events = flowstone::Store::events(&*store, run, None, 100)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("never got the answer")),
+        "{events:#?}"
+    );
+}
