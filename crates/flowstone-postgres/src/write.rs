@@ -26,8 +26,8 @@ use flowstone_core::store::{
 use flowstone_core::{AssetPartition, MaterializationId, RunId, StepId, WorkerId};
 use jiff::Timestamp;
 use serde_json::json;
-use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use crate::PostgresStore;
@@ -382,9 +382,25 @@ impl PostgresStore {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.db()?;
-        let claimed = claim_in(&mut tx, &req, &self.limited_seen).await?;
+        // The unlimited claim is one statement, committed on its own; only a
+        // limited claim needs a transaction (its lock lasts until commit).
+        let mut conn = self.pool.acquire().await.db()?;
+        let limited_queues = limited_queues(&req);
+        let mut claimed = Vec::new();
+        let mut left = req.limit;
+        if !self.limited_seen.load(Ordering::Relaxed) {
+            let limited;
+            (claimed, limited) = unlimited_claim(&mut conn, &req, &limited_queues).await?;
+            self.limited_seen.store(limited, Ordering::Relaxed);
+            left -= claimed.len() as u32;
+            if left == 0 || !limited {
+                return Ok(claimed);
+            }
+        }
+        let mut tx = conn.begin().await.db()?;
+        let more = limited_claim(&mut tx, &req, left, &limited_queues, &self.limited_seen).await?;
         tx.commit().await.db()?;
+        claimed.extend(more);
         Ok(claimed)
     }
 
