@@ -611,9 +611,13 @@ pub struct Rescued {
     pub failed: Vec<StepId>,
 }
 
-/// Pushed by a store after a commit that appended events to a run (which
-/// every change that makes steps claimable does): a wake-up for idle
-/// workers and a cue for live views to read the run's new events.
+/// Pushed by a store after a commit that may have made steps of a run
+/// claimable (a new run, released downstream steps, a retry, a rescue, a
+/// release) or that changed the run's state or failed its steps: a wake-up
+/// for idle workers and a cue for live views. Completions that release
+/// nothing and appended events alone may push nothing (on PostgreSQL each
+/// notifying transaction commits under a database-wide lock), so live views
+/// also poll.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Notice {
     pub run: RunId,
@@ -697,7 +701,8 @@ pub trait Store: Send + Sync + 'static {
     /// A human-readable location, e.g. the SQLite file path.
     fn describe(&self) -> String;
 
-    /// Notices of commits that appended events, from this process or, where
+    /// Notices of commits that may have made steps claimable or changed a
+    /// run (see [`Notice`]), from this process or, where
     /// the backend can tell (PostgreSQL's LISTEN/NOTIFY), from any process;
     /// `None` when the backend pushes nothing. Notices may be dropped (a
     /// slow receiver, a lost connection): callers still poll, less often.

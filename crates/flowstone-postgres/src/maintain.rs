@@ -114,7 +114,7 @@ impl PostgresStore {
             events.push(&step.event(now));
         }
         skip_downstream_in(&mut tx, &failed, &causes, now, &mut events).await?;
-        events.insert(&mut tx).await?;
+        events.insert_notifying(&mut tx).await?;
         tx.commit().await.db()?;
         rescued.retried.sort();
         rescued.failed.sort();
