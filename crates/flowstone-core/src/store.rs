@@ -811,7 +811,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<()>;
 
-    /// Events of a run in order, after `after` if given.
+    /// Events of a run in id order, after `after` if given.
+    ///
+    /// Paging with the last id returned never passes over an event: a
+    /// backend whose writers may commit out of id order (PostgreSQL) returns
+    /// only events up to the lowest id a transaction still open may commit,
+    /// so an event appended concurrently can arrive a call later but never
+    /// below an id already returned. A long-open writing transaction holds
+    /// back the events above its ids until it ends.
     async fn events(
         &self,
         run: RunId,
@@ -923,6 +930,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events of every run in id order, after `after` if given; the feed
     /// behind the server's event stream, which pages with the last id seen.
+    ///
+    /// As with [`Store::events`], paging with the last id returned never
+    /// passes over an event, including one whose transaction commits after
+    /// an event with a higher id: events above an id that an open
+    /// transaction may still commit are held back until it ends.
     async fn events_since(
         &self,
         after: Option<EventId>,

@@ -233,6 +233,43 @@ const INSERT_EVENTS_NOTIFY: &str = "WITH inserted AS ( \
          RETURNING run_id) \
      SELECT pg_notify('flowstone', run_id::text) FROM (SELECT DISTINCT run_id FROM inserted) AS r";
 
+/// The first key of the advisory locks that mark transactions writing
+/// events (0x4653_0000); the upper bits of the id bound are added to it, the
+/// lower 31 are the second key. See [`BEGIN_EVENTS`].
+macro_rules! event_lock_class {
+    () => {
+        "1179844608"
+    };
+}
+pub(crate) use event_lock_class;
+
+/// Begins a transaction that will insert events, and in the same round trip
+/// takes a shared advisory lock (held until the transaction ends) whose keys
+/// encode `v`, the last id the events sequence handed out so far: every
+/// event this transaction inserts gets an id above `v`.
+///
+/// Event ids come from a sequence at insert, and transactions commit in any
+/// order, so a reader that saw event 12 cannot tell whether 11 is missing or
+/// not committed yet. These locks tell it: readers (`read.rs`, `horizon`)
+/// return only events up to the lowest `v` of the transactions still open,
+/// and up to what the sequence had handed out before they looked, so an
+/// event never commits below an id a reader has passed. Shared locks never
+/// wait on each other, so writers do not queue behind one another.
+const BEGIN_EVENTS: &str = concat!(
+    "BEGIN; SELECT pg_advisory_xact_lock_shared((",
+    event_lock_class!(),
+    " + (v >> 31))::int4, (v & 2147483647)::int4) \
+     FROM (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS v \
+           FROM events_id_seq) AS s"
+);
+
+/// Begins a transaction that may insert events; see [`BEGIN_EVENTS`].
+pub(crate) async fn begin_events(
+    pool: &sqlx::PgPool,
+) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+    pool.begin_with(BEGIN_EVENTS).await.db()
+}
+
 impl PostgresStore {
     pub(crate) async fn write_create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
         // Check the step graph before touching the database.
@@ -369,7 +406,7 @@ impl PostgresStore {
         batch: Vec<Completion>,
         next: ClaimRequest,
     ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         let outcomes = complete_in(&mut tx, &batch).await?;
         // The claim sees the steps the batch released: they are this
         // transaction's own rows, so SKIP LOCKED does not skip them.
@@ -389,7 +426,7 @@ impl PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         let outcomes = complete_in(&mut tx, &batch).await?;
         tx.commit().await.db()?;
         log_fenced("complete", &batch, &outcomes, |c| {
@@ -421,7 +458,7 @@ impl PostgresStore {
             .max()
             .unwrap_or_else(Timestamp::now);
 
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
 
         // Fence: only steps still running under this attempt and worker move.
         let rows = sqlx::query(FENCE_FAIL)
@@ -480,7 +517,7 @@ impl PostgresStore {
         }
         let workers: Vec<&str> = workers.iter().map(|w| w.0.as_str()).collect();
 
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         let rows = sqlx::query(RELEASE)
             .bind(&workers)
             .bind(run.map(|r| r.0))
@@ -595,7 +632,7 @@ impl PostgresStore {
         for event in &events {
             columns.push(event);
         }
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         columns.insert(&mut tx).await?;
         tx.commit().await.db()
     }

@@ -7,7 +7,8 @@
 //! notices (new runs, released steps, failures, run state changes; on
 //! PostgreSQL from every process). Completions in other processes that
 //! release nothing push no notice, so they reach the feed at its next tick.
-//! Clients that fall behind the
+//! The store's reads never pass over an event that commits late, so paging
+//! with the last id seen loses nothing. Clients that fall behind the
 //! channel read what they missed from the store (see [`ClientStream`]), so a
 //! slow client never loses an event and never slows the others.
 
