@@ -410,7 +410,9 @@ impl PostgresStore {
 /// and the caller's next statement takes a newer snapshot.
 ///
 /// Scoped to this database (advisory locks are per database), unlike the
-/// snapshot's xmin, which any transaction on the server holds back.
+/// snapshot's xmin, which any transaction on the server holds back. Covers
+/// the events this store writes: a row inserted by other means (by hand, by
+/// a FlowStone from before the horizon) is read as before, by id alone.
 async fn horizon(pool: &PgPool) -> StoreResult<i64> {
     const HORIZON: &str = concat!(
         "SELECT least(s.v, ( \
