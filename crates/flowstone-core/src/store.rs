@@ -637,9 +637,13 @@ pub struct Rescued {
     pub failed: Vec<StepId>,
 }
 
-/// Pushed by a store after a commit that appended events to a run (which
-/// every change that makes steps claimable does): a wake-up for idle
-/// workers and a cue for live views to read the run's new events.
+/// Pushed by a store after a commit that may have made steps of a run
+/// claimable (a new run, released downstream steps, a retry, a rescue, a
+/// release) or that changed the run's state or failed its steps: a wake-up
+/// for idle workers and a cue for live views. Completions that release
+/// nothing and appended events alone may push nothing (on PostgreSQL each
+/// notifying transaction commits under a database-wide lock), so live views
+/// also poll.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Notice {
     pub run: RunId,
@@ -723,7 +727,8 @@ pub trait Store: Send + Sync + 'static {
     /// A human-readable location, e.g. the SQLite file path.
     fn describe(&self) -> String;
 
-    /// Notices of commits that appended events, from this process or, where
+    /// Notices of commits that may have made steps claimable or changed a
+    /// run (see [`Notice`]), from this process or, where
     /// the backend can tell (PostgreSQL's LISTEN/NOTIFY), from any process;
     /// `None` when the backend pushes nothing. Notices may be dropped (a
     /// slow receiver, a lost connection): callers still poll, less often.
@@ -845,7 +850,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<()>;
 
-    /// Events of a run in order, after `after` if given.
+    /// Events of a run in id order, after `after` if given.
+    ///
+    /// Paging with the last id returned never passes over an event: a
+    /// backend whose writers may commit out of id order (PostgreSQL) returns
+    /// only events up to the lowest id a transaction still open may commit,
+    /// so an event appended concurrently can arrive a call later but never
+    /// below an id already returned. A long-open writing transaction holds
+    /// back the events above its ids until it ends.
     async fn events(
         &self,
         run: RunId,
@@ -957,6 +969,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events of every run in id order, after `after` if given; the feed
     /// behind the server's event stream, which pages with the last id seen.
+    ///
+    /// As with [`Store::events`], paging with the last id returned never
+    /// passes over an event, including one whose transaction commits after
+    /// an event with a higher id: events above an id that an open
+    /// transaction may still commit are held back until it ends.
     async fn events_since(
         &self,
         after: Option<EventId>,

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnection, PgRow};
 
 use crate::PostgresStore;
 use crate::codec::{self, DbResult, PgTime};
-use crate::write::{EventColumns, skip_downstream_in};
+use crate::write::{EventColumns, begin_events, skip_downstream_in};
 
 /// Whether the lease `$1` is held by `$2` in term `$3`, locking its row
 /// against a takeover until the transaction ends.
@@ -89,7 +89,7 @@ impl PostgresStore {
         held: &Lease,
         now: Timestamp,
     ) -> StoreResult<Rescued> {
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         if !holds(&mut tx, held).await? {
             return Ok(Rescued::default());
         }
@@ -114,7 +114,7 @@ impl PostgresStore {
             events.push(&step.event(now));
         }
         skip_downstream_in(&mut tx, &failed, &causes, now, &mut events).await?;
-        events.insert(&mut tx).await?;
+        events.insert_notifying(&mut tx).await?;
         tx.commit().await.db()?;
         rescued.retried.sort();
         rescued.failed.sort();

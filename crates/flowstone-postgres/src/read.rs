@@ -140,30 +140,23 @@ impl PostgresStore {
         Ok(workers.into_iter().map(WorkerId).collect())
     }
 
-    // FIXME(event cursor): ids come from a sequence at insert, and concurrent
-    // transactions may commit out of id order, so a reader paging with `after`
-    // can pass over an event that commits a moment later. Fine for `events`
-    // after a run; a live feed must re-read a short window behind its cursor.
-    // Tried and rejected: the inserting transaction's id checked against
-    // `pg_snapshot_xmin(pg_current_snapshot())` — the xmin is server-wide, so
-    // any open transaction in any database on the server holds every event
-    // back (the conformance suite, run in parallel databases, showed it).
-    // Next candidates: a per-database horizon from `pg_locks` on `events`, or
-    // a commit-ordered counter taken in a short advisory-locked step at the
-    // end of each writing transaction.
+    /// Events of a run after `after`, in id order, up to the horizon (see
+    /// [`horizon`]).
     pub(crate) async fn read_events(
         &self,
         run: RunId,
         after: Option<EventId>,
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>> {
+        let horizon = horizon(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT id, run_id, step_id, at, kind, level, message, data FROM events \
-             WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+             WHERE run_id = $1 AND id > $2 AND id <= $4 ORDER BY id LIMIT $3",
         )
         .bind(run.0)
         .bind(after.map_or(0, |e| e.0))
         .bind(i64::from(limit))
+        .bind(horizon)
         .fetch_all(&self.pool)
         .await
         .db()?;
@@ -387,24 +380,61 @@ fn run_record(row: &PgRow, counts: &HashMap<Uuid, StepCounts>) -> StoreResult<Ru
 }
 
 impl PostgresStore {
-    // FIXME(event cursor): as for `read_events`, an event whose transaction
-    // commits after a later id was read is passed over by a reader paging
-    // with `after`; the feed needs a commit-ordered cursor (issue 3).
-    /// Events of every run after `after`, in id order (the live feed).
+    /// Events of every run after `after`, in id order, up to the horizon
+    /// (the live feed).
     pub(crate) async fn read_events_since(
         &self,
         after: Option<EventId>,
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>> {
+        let horizon = horizon(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT id, run_id, step_id, at, kind, level, message, data FROM events \
-             WHERE id > $1 ORDER BY id LIMIT $2",
+             WHERE id > $1 AND id <= $3 ORDER BY id LIMIT $2",
         )
         .bind(after.map_or(0, |e| e.0))
         .bind(i64::from(limit))
+        .bind(horizon)
         .fetch_all(&self.pool)
         .await
         .db()?;
         rows.iter().map(codec::event).collect()
     }
+}
+
+/// The highest event id below which every event is settled: committed (and
+/// visible to any statement that starts after this returns) or never to be.
+///
+/// Writers of events take a shared advisory lock whose keys say the last
+/// event id handed out when they began (`write.rs`, `BEGIN_EVENTS`); their
+/// own events get higher ids. The horizon is the lower of what the events
+/// sequence had handed out and the lowest bound of the writers still open,
+/// read in that order (the lock list is read in a subquery that needs the
+/// sequence's value): an id at or below it was handed out before the locks
+/// were read, by a transaction that held no lock any more, so it had ended.
+/// PostgreSQL drops a transaction's locks only after its commit is visible,
+/// and the caller's next statement takes a newer snapshot.
+///
+/// Scoped to this database (advisory locks are per database), unlike the
+/// snapshot's xmin, which any transaction on the server holds back. Covers
+/// the events this store writes: a row inserted by other means (by hand, by
+/// a FlowStone from before the horizon) is read as before, by id alone.
+async fn horizon(pool: &PgPool) -> StoreResult<i64> {
+    const HORIZON: &str = concat!(
+        "SELECT least(s.v, ( \
+             SELECT min(((l.classid::int8 - ",
+        crate::write::event_lock_class!(),
+        ") << 31) | l.objid::int8) \
+             FROM pg_locks AS l \
+             WHERE s.v IS NOT NULL AND l.locktype = 'advisory' AND l.objsubid = 2 \
+               AND l.database = (SELECT oid FROM pg_database \
+                                 WHERE datname = current_database()) \
+               AND l.classid::int8 >= ",
+        crate::write::event_lock_class!(),
+        ")) \
+         FROM (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS v \
+               FROM events_id_seq) AS s"
+    );
+    let horizon: Option<i64> = sqlx::query_scalar(HORIZON).fetch_one(pool).await.db()?;
+    Ok(horizon.unwrap_or(0))
 }

@@ -15,6 +15,7 @@
 //! (when a step started or finished, a worker's heartbeat), and a retry time
 //! is the caller's `retry_at`, as the trait hands it over.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -127,56 +128,100 @@ const TAKE: &str = "UPDATE steps AS s \
      RETURNING s.id, s.run_id, s.asset_key, s.partition_key, s.attempt, \
          s.max_attempts, s.priority, s.scheduled_at, r.triggered_by, r.user_name";
 
-/// Moves running steps to completed, checking attempt and worker (an id named
-/// twice, with another attempt or worker, matches at most once). Locks the
-/// batch's steps in id order first, found by primary key: an `IN (subquery)`
-/// here let the planner scan the whole table. Returns the claims that moved.
-const FENCE_COMPLETE: &str = "WITH locked AS ( \
-         SELECT id FROM steps WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
-     UPDATE steps AS s \
-     SET state = 'completed', finished_at = b.finished_at, lease_until = NULL, error = NULL \
-     FROM locked, \
-         unnest($1::int8[], $2::int8[], $3::text[], $4::timestamptz[]) \
-             AS b (id, attempt, worker, finished_at) \
-     WHERE s.id = locked.id AND b.id = locked.id AND s.state = 'running' \
-       AND s.attempt = b.attempt AND s.worker = b.worker \
-     RETURNING s.id, s.attempt, s.worker";
-
-/// Inserts materializations, one per array element, in array order.
-const INSERT_MATERIALIZATIONS: &str = "INSERT INTO materializations \
-     (step_id, asset_key, partition_key, run_id, attempt, started_at, finished_at, \
-      triggered_by, user_name, code_version, data_version, metadata, location, io_manager) \
-     SELECT step_id, asset_key, partition_key, run_id, attempt, started_at, finished_at, \
-            triggered_by, user_name, code_version, data_version, metadata, location, io_manager \
-     FROM unnest($1::int8[], $2::text[], $3::text[], $4::uuid[], $5::int8[], \
-                 $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[], $10::text[], \
-                 $11::text[], $12::jsonb[], $13::text[], $14::text[]) \
-         WITH ORDINALITY AS m (step_id, asset_key, partition_key, run_id, attempt, started_at, \
-             finished_at, triggered_by, user_name, code_version, data_version, metadata, \
-             location, io_manager, ord) \
-     ORDER BY ord \
-     RETURNING id, step_id";
-
-/// Inserts lineage edges `(consumer, input)`.
-const INSERT_LINEAGE: &str = "INSERT INTO lineage (consumer_id, input_id) \
-     SELECT * FROM unnest($1::int8[], $2::int8[]) \
-     ON CONFLICT DO NOTHING";
-
-/// Counts the completion of the steps in `$1` against their downstream steps;
-/// a pending step with nothing left to wait for becomes available. Locks the
-/// downstream steps in id order first, as every batch does.
-const RELEASE_DOWNSTREAM: &str = "WITH d AS ( \
-         SELECT downstream_id AS id, count(*)::int4 AS n FROM step_deps \
-         WHERE upstream_id = ANY($1) GROUP BY downstream_id), \
+/// Records a batch of completions in one statement: the fence, the
+/// materializations, their lineage edges, the events, the release of
+/// downstream steps. One statement rather than one per part, because on a
+/// busy machine each round trip costs more than the work it carries.
+///
+/// - `b`: the batch items, one per array element (`$1`-`$16`), `ord` their
+///   position.
+/// - `fenced`: running steps move to completed, checking attempt and worker
+///   (an id named twice, with another attempt or worker, matches at most
+///   once). Locks the batch's steps in id order first, found by primary key:
+///   an `IN (subquery)` here let the planner scan the whole table.
+/// - `m`, `mo`: a materialization per item that moved, in batch order.
+/// - lineage edges `(item, input)` (`$17`, `$18`) and the items' own events
+///   (`$19`-`$26`, each with its item) of the items that moved, then each
+///   item's `materialized` event naming its materialization; event ids
+///   follow item order, and within an item the order given.
+/// - `released`: downstream steps count these completions; a pending step
+///   with nothing left to wait for becomes available, and its run is
+///   notified (idle workers wake when the transaction commits). Locks the
+///   downstream steps in id order first, as every batch does.
+///
+/// Returns, per item that moved, its position and its materialization id.
+/// Data-modifying CTEs all run to completion whether read or not; the
+/// notices are read by the final select so that they are sent.
+const COMPLETE: &str = "WITH b AS ( \
+         SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::timestamptz[], \
+             $5::text[], $6::text[], $7::uuid[], $8::timestamptz[], $9::text[], $10::text[], \
+             $11::text[], $12::text[], $13::jsonb[], $14::text[], $15::text[], $16::text[]) \
+         WITH ORDINALITY AS b (id, attempt, worker, finished_at, asset_key, partition_key, \
+             run_id, started_at, triggered_by, user_name, code_version, data_version, \
+             metadata, location, io_manager, message, ord)), \
      locked AS ( \
+         SELECT id FROM steps WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
+     fenced AS ( \
+         UPDATE steps AS s \
+         SET state = 'completed', finished_at = b.finished_at, lease_until = NULL, \
+             error = NULL \
+         FROM locked, b \
+         WHERE s.id = locked.id AND b.id = locked.id AND s.state = 'running' \
+           AND s.attempt = b.attempt AND s.worker = b.worker \
+         RETURNING s.id, b.ord), \
+     m AS ( \
+         INSERT INTO materializations (step_id, asset_key, partition_key, run_id, attempt, \
+             started_at, finished_at, triggered_by, user_name, code_version, data_version, \
+             metadata, location, io_manager) \
+         SELECT b.id, b.asset_key, b.partition_key, b.run_id, b.attempt, b.started_at, \
+             b.finished_at, b.triggered_by, b.user_name, b.code_version, b.data_version, \
+             b.metadata, b.location, b.io_manager \
+         FROM b JOIN fenced ON fenced.ord = b.ord \
+         ORDER BY b.ord \
+         RETURNING id, step_id), \
+     mo AS ( \
+         SELECT m.id AS mid, b.* FROM m \
+         JOIN fenced ON fenced.id = m.step_id JOIN b ON b.ord = fenced.ord), \
+     lineage_edges AS ( \
+         INSERT INTO lineage (consumer_id, input_id) \
+         SELECT mo.mid, l.input FROM unnest($17::int8[], $18::int8[]) AS l (item, input) \
+         JOIN mo ON mo.ord = l.item \
+         ON CONFLICT DO NOTHING), \
+     logged AS ( \
+         INSERT INTO events (run_id, step_id, at, kind, level, message, data) \
+         SELECT run_id, step_id, at, kind, level, message, data FROM ( \
+             SELECT e.item, e.sub, e.run_id, e.step_id, e.at, e.kind, e.level, e.message, \
+                 e.data \
+             FROM unnest($19::int8[], $20::uuid[], $21::int8[], $22::timestamptz[], \
+                 $23::text[], $24::text[], $25::text[], $26::jsonb[]) \
+                 WITH ORDINALITY AS e (item, run_id, step_id, at, kind, level, message, \
+                     data, sub) \
+             WHERE e.item IN (SELECT ord FROM mo) \
+             UNION ALL \
+             SELECT mo.ord, 9223372036854775807, mo.run_id, mo.id, mo.finished_at, \
+                 'materialized', 'info', mo.message, \
+                 jsonb_build_object('materialization_id', mo.mid, 'asset', mo.asset_key, \
+                     'partition', mo.partition_key, 'attempt', mo.attempt) \
+             FROM mo) AS x \
+         ORDER BY item, sub), \
+     d AS ( \
+         SELECT downstream_id AS id, count(*)::int4 AS n FROM step_deps \
+         WHERE upstream_id = ANY(ARRAY(SELECT id FROM fenced)) GROUP BY downstream_id), \
+     down_locked AS ( \
          SELECT id FROM steps WHERE id = ANY(ARRAY(SELECT id FROM d)) \
-         ORDER BY id FOR UPDATE) \
-     UPDATE steps AS s \
-     SET upstream_remaining = s.upstream_remaining - d.n, \
-         state = CASE WHEN s.state = 'pending' AND s.upstream_remaining - d.n <= 0 \
-                      THEN 'available' ELSE s.state END \
-     FROM locked, d \
-     WHERE s.id = locked.id AND d.id = locked.id";
+         ORDER BY id FOR UPDATE), \
+     released AS ( \
+         UPDATE steps AS s \
+         SET upstream_remaining = s.upstream_remaining - d.n, \
+             state = CASE WHEN s.state = 'pending' AND s.upstream_remaining - d.n <= 0 \
+                          THEN 'available' ELSE s.state END \
+         FROM down_locked, d \
+         WHERE s.id = down_locked.id AND d.id = down_locked.id \
+         RETURNING s.run_id, s.state), \
+     notified AS ( \
+         SELECT count(pg_notify('flowstone', run_id::text)) AS n \
+         FROM (SELECT DISTINCT run_id FROM released WHERE state = 'available') AS r) \
+     SELECT mo.ord, mo.mid, notified.n FROM mo, notified";
 
 /// Moves running steps to retryable (with a retry time) or failed, checking
 /// attempt and worker.
@@ -238,9 +283,21 @@ const RELEASE_UNKNOWN: &str = "WITH locked AS ( \
      RETURNING s.id, s.run_id, s.worker, s.attempt";
 
 /// Inserts events, one per array element, in array order, so that event ids
-/// follow it, and notifies the `flowstone` channel once per run with the run
-/// id; PostgreSQL delivers the notifications when the transaction commits.
-const INSERT_EVENTS: &str = "WITH inserted AS ( \
+/// follow it.
+const INSERT_EVENTS: &str = "INSERT INTO events (run_id, step_id, at, kind, level, message, data) \
+     SELECT run_id, step_id, at, kind, level, message, data \
+     FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], \
+                 $6::text[], $7::jsonb[]) \
+         WITH ORDINALITY AS e (run_id, step_id, at, kind, level, message, data, ord) \
+     ORDER BY ord";
+
+/// [`INSERT_EVENTS`], and a notice on the `flowstone` channel once per run,
+/// which PostgreSQL delivers when the transaction commits. For changes that
+/// make steps claimable (a release, a retry, a rescue) or end them (a final
+/// failure): a transaction that notifies queues its notifications under a
+/// database-wide lock at commit, so notifying transactions commit one at a
+/// time, and the completions of busy workers must not.
+const INSERT_EVENTS_NOTIFY: &str = "WITH inserted AS ( \
          INSERT INTO events (run_id, step_id, at, kind, level, message, data) \
          SELECT run_id, step_id, at, kind, level, message, data \
          FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], \
@@ -249,6 +306,43 @@ const INSERT_EVENTS: &str = "WITH inserted AS ( \
          ORDER BY ord \
          RETURNING run_id) \
      SELECT pg_notify('flowstone', run_id::text) FROM (SELECT DISTINCT run_id FROM inserted) AS r";
+
+/// The first key of the advisory locks that mark transactions writing
+/// events (0x4653_0000); the upper bits of the id bound are added to it, the
+/// lower 31 are the second key. See [`BEGIN_EVENTS`].
+macro_rules! event_lock_class {
+    () => {
+        "1179844608"
+    };
+}
+pub(crate) use event_lock_class;
+
+/// Begins a transaction that will insert events, and in the same round trip
+/// takes a shared advisory lock (held until the transaction ends) whose keys
+/// encode `v`, the last id the events sequence handed out so far: every
+/// event this transaction inserts gets an id above `v`.
+///
+/// Event ids come from a sequence at insert, and transactions commit in any
+/// order, so a reader that saw event 12 cannot tell whether 11 is missing or
+/// not committed yet. These locks tell it: readers (`read.rs`, `horizon`)
+/// return only events up to the lowest `v` of the transactions still open,
+/// and up to what the sequence had handed out before they looked, so an
+/// event never commits below an id a reader has passed. Shared locks never
+/// wait on each other, so writers do not queue behind one another.
+const BEGIN_EVENTS: &str = concat!(
+    "BEGIN; SELECT pg_advisory_xact_lock_shared((",
+    event_lock_class!(),
+    " + (v >> 31))::int4, (v & 2147483647)::int4) \
+     FROM (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS v \
+           FROM events_id_seq) AS s"
+);
+
+/// Begins a transaction that may insert events; see [`BEGIN_EVENTS`].
+pub(crate) async fn begin_events(
+    pool: &sqlx::PgPool,
+) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+    pool.begin_with(BEGIN_EVENTS).await.db()
+}
 
 impl PostgresStore {
     pub(crate) async fn write_create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
@@ -409,7 +503,7 @@ impl PostgresStore {
         batch: Vec<Completion>,
         next: ClaimRequest,
     ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         let outcomes = complete_in(&mut tx, &batch).await?;
         // The claim sees the steps the batch released: they are this
         // transaction's own rows, so SKIP LOCKED does not skip them.
@@ -429,7 +523,7 @@ impl PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         let outcomes = complete_in(&mut tx, &batch).await?;
         tx.commit().await.db()?;
         log_fenced("complete", &batch, &outcomes, |c| {
@@ -461,7 +555,7 @@ impl PostgresStore {
             .max()
             .unwrap_or_else(Timestamp::now);
 
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
 
         // Fence: only steps still running under this attempt and worker move.
         let rows = sqlx::query(FENCE_FAIL)
@@ -499,7 +593,7 @@ impl PostgresStore {
 
         // Skip: everything pending downstream of a final failure.
         skip_downstream_in(&mut tx, &failed, &causes, skipped_at, &mut events).await?;
-        events.insert(&mut tx).await?;
+        events.insert_notifying(&mut tx).await?;
 
         tx.commit().await.db()?;
         log_fenced("fail", &batch, &outcomes, |f| {
@@ -520,7 +614,7 @@ impl PostgresStore {
         }
         let workers: Vec<&str> = workers.iter().map(|w| w.0.as_str()).collect();
 
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         let rows = sqlx::query(RELEASE)
             .bind(&workers)
             .bind(run.map(|r| r.0))
@@ -541,7 +635,7 @@ impl PostgresStore {
         now: Timestamp,
     ) -> StoreResult<Vec<StepId>> {
         let known: Vec<i64> = known.iter().map(|s| s.0).collect();
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = begin_events(&self.pool).await?;
         let rows = sqlx::query(RELEASE_UNKNOWN)
             .bind(worker.0.as_str())
             .bind(&known)
@@ -565,18 +659,23 @@ impl PostgresStore {
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         let finished_at = to.is_terminal().then_some(PgTime(now));
 
+        // A run that changes state is notified: a resumed run has steps to
+        // claim, and live views show the change.
         let mut tx = self.pool.begin().await.db()?;
         let changed = sqlx::query(
-            "UPDATE runs SET state = $1, finished_at = $2 WHERE id = $3 AND state = ANY($4)",
+            "WITH changed AS ( \
+                 UPDATE runs SET state = $1, finished_at = $2 \
+                 WHERE id = $3 AND state = ANY($4) RETURNING id) \
+             SELECT pg_notify('flowstone', id::text) FROM changed",
         )
         .bind(to.as_str())
         .bind(finished_at)
         .bind(run.0)
         .bind(&from)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .db()?
-        .rows_affected();
+        .len();
         if changed == 0 {
             ensure_run_exists(&mut tx, run).await?;
         }
@@ -588,15 +687,17 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await.db()?;
 
         let changed = sqlx::query(
-            "UPDATE runs SET state = 'cancelled', finished_at = $2 \
-             WHERE id = $1 AND state IN ('running', 'interrupted')",
+            "WITH changed AS ( \
+                 UPDATE runs SET state = 'cancelled', finished_at = $2 \
+                 WHERE id = $1 AND state IN ('running', 'interrupted') RETURNING id) \
+             SELECT pg_notify('flowstone', id::text) FROM changed",
         )
         .bind(run.0)
         .bind(PgTime(now))
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .db()?
-        .rows_affected();
+        .len();
         if changed == 0 {
             ensure_run_exists(&mut tx, run).await?;
             tx.commit().await.db()?;
@@ -624,12 +725,16 @@ impl PostgresStore {
     }
 
     pub(crate) async fn write_events(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut columns = EventColumns::default();
         for event in &events {
             columns.push(event);
         }
-        let mut conn = self.pool.acquire().await.db()?;
-        columns.insert(&mut conn).await
+        let mut tx = begin_events(&self.pool).await?;
+        columns.insert(&mut tx).await?;
+        tx.commit().await.db()
     }
 
     pub(crate) async fn write_register_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {
@@ -685,81 +790,38 @@ impl PostgresStore {
 }
 
 /// Records a batch of completions inside the caller's transaction: fence,
-/// materializations, lineage, events, release of downstream steps.
+/// materializations, lineage, events, release of downstream steps, in one
+/// statement ([`COMPLETE`]).
 async fn complete_in(conn: &mut PgConnection, batch: &[Completion]) -> StoreResult<Vec<Outcome>> {
     let mut outcomes = vec![Outcome::Fenced; batch.len()];
     // The same claim named twice in one batch completes once: the first
     // item wins, the repeat is fenced as it would be in a later batch.
     let firsts = first_per_claim(batch.iter().map(|c| (c.step, c.attempt, &c.worker)));
-    let mut fence = FenceColumns::default();
-    for &i in &firsts {
-        let c = &batch[i];
-        fence.push(c.step, c.attempt, &c.worker);
+    if firsts.is_empty() {
+        return Ok(outcomes);
     }
-    let finished: Vec<PgTime> = firsts
-        .iter()
-        .map(|&i| PgTime(batch[i].materialization.finished_at))
-        .collect();
+    let mut items = ItemColumns::default();
+    for (ord, &i) in (1_i64..).zip(&firsts) {
+        items.push(ord, &batch[i]);
+    }
 
-    // Fence: only steps still running under this attempt and worker move.
-    let rows = sqlx::query(FENCE_COMPLETE)
-        .bind(&fence.ids)
-        .bind(&fence.attempts)
-        .bind(&fence.workers)
-        .bind(&finished)
+    let rows = items
+        .bind(sqlx::query(COMPLETE))
         .fetch_all(&mut *conn)
         .await
         .db()?;
-    let moved = rows
-        .iter()
-        .map(claim_of)
-        .collect::<StoreResult<HashSet<_>>>()?;
-    let recorded: Vec<usize> = firsts
-        .into_iter()
-        .filter(|&i| {
-            let c = &batch[i];
-            moved.contains(&(c.step.0, i64::from(c.attempt), c.worker.0.clone()))
-        })
-        .collect();
-    if recorded.is_empty() {
-        return Ok(outcomes);
-    }
 
-    // Record: the materializations, then what needs their ids.
-    let ids = insert_materializations(conn, batch, &recorded).await?;
-    let mut consumers = Vec::new();
-    let mut inputs = Vec::new();
-    let mut events = EventColumns::default();
-    for (&i, &id) in recorded.iter().zip(&ids) {
-        let c = &batch[i];
+    // Each row is an item that moved: its position (from 1) and the id of
+    // the materialization recorded for it.
+    for row in &rows {
+        let ord: i64 = row.try_get("ord").db()?;
+        let id: i64 = row.try_get("mid").db()?;
+        let i = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|k| firsts.get(k).copied())
+            .ok_or_else(|| StoreError::Corrupt(format!("no batch item at position {ord}")))?;
         outcomes[i] = Outcome::Recorded(Some(MaterializationId(id)));
-        for input in &c.inputs {
-            consumers.push(id);
-            inputs.push(input.0);
-        }
-        for event in &c.events {
-            events.push(event);
-        }
-        events.push(&materialized_event(c, id));
     }
-    if !consumers.is_empty() {
-        sqlx::query(INSERT_LINEAGE)
-            .bind(&consumers)
-            .bind(&inputs)
-            .execute(&mut *conn)
-            .await
-            .db()?;
-    }
-    events.insert(conn).await?;
-
-    // Release: downstream steps count these completions.
-    let done: Vec<i64> = recorded.iter().map(|&i| batch[i].step.0).collect();
-    sqlx::query(RELEASE_DOWNSTREAM)
-        .bind(&done)
-        .execute(&mut *conn)
-        .await
-        .db()?;
-
     Ok(outcomes)
 }
 
@@ -964,7 +1026,7 @@ async fn record_released(
         });
         released.push(id);
     }
-    events.insert(conn).await?;
+    events.insert_notifying(conn).await?;
     released.sort();
     Ok(released)
 }
@@ -1045,10 +1107,20 @@ impl EventColumns {
 
     /// Inserts the events, if any, in the order pushed.
     pub(crate) async fn insert(self, conn: &mut PgConnection) -> StoreResult<()> {
+        self.insert_with(conn, INSERT_EVENTS).await
+    }
+
+    /// Inserts the events, if any, in the order pushed, and notifies their
+    /// runs on commit; see [`INSERT_EVENTS_NOTIFY`] for when.
+    pub(crate) async fn insert_notifying(self, conn: &mut PgConnection) -> StoreResult<()> {
+        self.insert_with(conn, INSERT_EVENTS_NOTIFY).await
+    }
+
+    async fn insert_with(self, conn: &mut PgConnection, sql: &'static str) -> StoreResult<()> {
         if self.runs.is_empty() {
             return Ok(());
         }
-        sqlx::query(INSERT_EVENTS)
+        sqlx::query(sql)
             .bind(&self.runs)
             .bind(&self.steps)
             .bind(&self.at)
@@ -1063,82 +1135,98 @@ impl EventColumns {
     }
 }
 
-/// Inserts the materializations of `batch[recorded]`; returns their ids in
-/// the same order.
-async fn insert_materializations(
-    conn: &mut PgConnection,
-    batch: &[Completion],
-    recorded: &[usize],
-) -> StoreResult<Vec<i64>> {
-    let n = recorded.len();
-    let mut steps = Vec::with_capacity(n);
-    let mut assets = Vec::with_capacity(n);
-    let mut partitions = Vec::with_capacity(n);
-    let mut runs = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut started = Vec::with_capacity(n);
-    let mut finished = Vec::with_capacity(n);
-    let mut triggers = Vec::with_capacity(n);
-    let mut users = Vec::with_capacity(n);
-    let mut code_versions = Vec::with_capacity(n);
-    let mut data_versions = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    let mut locations = Vec::with_capacity(n);
-    let mut io_managers = Vec::with_capacity(n);
-    for &i in recorded {
-        let c = &batch[i];
+/// The items of a completion batch as [`COMPLETE`] takes them, one array
+/// per column: the claim, the materialization, the message of its
+/// `materialized` event, its lineage inputs and its events, each of the last
+/// two with the position of its item.
+#[derive(Default)]
+struct ItemColumns<'a> {
+    ids: Vec<i64>,
+    attempts: Vec<i64>,
+    workers: Vec<&'a str>,
+    finished: Vec<PgTime>,
+    assets: Vec<&'a str>,
+    partitions: Vec<Option<Cow<'a, str>>>,
+    runs: Vec<Uuid>,
+    started: Vec<PgTime>,
+    triggers: Vec<&'static str>,
+    users: Vec<Cow<'a, str>>,
+    code_versions: Vec<Cow<'a, str>>,
+    data_versions: Vec<Cow<'a, str>>,
+    metadata: Vec<serde_json::Value>,
+    locations: Vec<Cow<'a, str>>,
+    io_managers: Vec<Cow<'a, str>>,
+    messages: Vec<String>,
+    input_items: Vec<i64>,
+    inputs: Vec<i64>,
+    event_items: Vec<i64>,
+    events: EventColumns,
+}
+
+impl<'a> ItemColumns<'a> {
+    fn push(&mut self, ord: i64, c: &'a Completion) {
         let m = &c.materialization;
-        steps.push(c.step.0);
-        assets.push(m.target.asset.as_str());
-        partitions.push(m.target.partition.as_ref().map(|p| codec::text(p.as_str())));
-        runs.push(m.run_id.0);
-        attempts.push(i64::from(c.attempt));
-        started.push(PgTime(m.started_at));
-        finished.push(PgTime(m.finished_at));
-        triggers.push(m.trigger.as_str());
-        users.push(codec::text(&m.user));
-        code_versions.push(codec::text(&m.code_version));
-        data_versions.push(codec::text(&m.data_version));
-        metadata.push(codec::json_object(&m.metadata));
-        locations.push(codec::text(&m.location));
-        io_managers.push(codec::text(&m.io_manager));
+        self.ids.push(c.step.0);
+        self.attempts.push(i64::from(c.attempt));
+        self.workers.push(&c.worker.0);
+        self.finished.push(PgTime(m.finished_at));
+        self.assets.push(m.target.asset.as_str());
+        self.partitions
+            .push(m.target.partition.as_ref().map(|p| codec::text(p.as_str())));
+        self.runs.push(m.run_id.0);
+        self.started.push(PgTime(m.started_at));
+        self.triggers.push(m.trigger.as_str());
+        self.users.push(codec::text(&m.user));
+        self.code_versions.push(codec::text(&m.code_version));
+        self.data_versions.push(codec::text(&m.data_version));
+        self.metadata.push(codec::json_object(&m.metadata));
+        self.locations.push(codec::text(&m.location));
+        self.io_managers.push(codec::text(&m.io_manager));
+        let message = format!("materialized {}", m.target);
+        self.messages.push(codec::text(&message).into_owned());
+        for input in &c.inputs {
+            self.input_items.push(ord);
+            self.inputs.push(input.0);
+        }
+        for event in &c.events {
+            self.event_items.push(ord);
+            self.events.push(event);
+        }
     }
 
-    let rows = sqlx::query(INSERT_MATERIALIZATIONS)
-        .bind(&steps)
-        .bind(&assets)
-        .bind(&partitions)
-        .bind(&runs)
-        .bind(&attempts)
-        .bind(&started)
-        .bind(&finished)
-        .bind(&triggers)
-        .bind(&users)
-        .bind(&code_versions)
-        .bind(&data_versions)
-        .bind(&metadata)
-        .bind(&locations)
-        .bind(&io_managers)
-        .fetch_all(&mut *conn)
-        .await
-        .db()?;
-
-    // RETURNING gives no order; match the ids back by step (one per step).
-    let mut by_step = std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
-        by_step.insert(
-            row.try_get::<i64, _>("step_id").db()?,
-            row.try_get::<i64, _>("id").db()?,
-        );
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let e = &self.events;
+        query
+            .bind(&self.ids)
+            .bind(&self.attempts)
+            .bind(&self.workers)
+            .bind(&self.finished)
+            .bind(&self.assets)
+            .bind(&self.partitions)
+            .bind(&self.runs)
+            .bind(&self.started)
+            .bind(&self.triggers)
+            .bind(&self.users)
+            .bind(&self.code_versions)
+            .bind(&self.data_versions)
+            .bind(&self.metadata)
+            .bind(&self.locations)
+            .bind(&self.io_managers)
+            .bind(&self.messages)
+            .bind(&self.input_items)
+            .bind(&self.inputs)
+            .bind(&self.event_items)
+            .bind(&e.runs)
+            .bind(&e.steps)
+            .bind(&e.at)
+            .bind(&e.kinds)
+            .bind(&e.levels)
+            .bind(&e.messages)
+            .bind(&e.data)
     }
-    steps
-        .iter()
-        .map(|step| {
-            by_step.get(step).copied().ok_or_else(|| {
-                StoreError::Corrupt(format!("no materialization came back for step {step}"))
-            })
-        })
-        .collect()
 }
 
 /// Whether `err` is the unique index on live steps refusing a second live
@@ -1184,25 +1272,6 @@ fn claim_of(row: &PgRow) -> StoreResult<(i64, i64, String)> {
             .db()?
             .unwrap_or_default(),
     ))
-}
-
-/// The event the store adds for each recorded completion.
-fn materialized_event(c: &Completion, id: i64) -> NewEvent {
-    let m = &c.materialization;
-    NewEvent {
-        run_id: m.run_id,
-        step_id: Some(c.step),
-        at: m.finished_at,
-        kind: EventKind::Materialized,
-        level: Level::Info,
-        message: format!("materialized {}", AssetPartition::clone(&m.target)),
-        data: json!({
-            "materialization_id": id,
-            "asset": m.target.asset.as_str(),
-            "partition": m.target.partition.as_ref().map(|p| p.as_str()),
-            "attempt": c.attempt,
-        }),
-    }
 }
 
 /// Fails with `NotFound` when `run` has no row.

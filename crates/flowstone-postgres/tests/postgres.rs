@@ -1,8 +1,8 @@
 //! What only the PostgreSQL store promises: connection errors that say what
 //! was wrong (without the password), leases on the database clock, text
 //! PostgreSQL would refuse, corrupt rows, claimers in separate pools, batches
-//! that share downstream steps without deadlocking, and a printed (never
-//! asserted) throughput figure.
+//! that share downstream steps without deadlocking, events that commit out of
+//! id order, and a printed (never asserted) throughput figure.
 //!
 //! Each test runs on a database of its own (see `flowstone_postgres::testing`);
 //! without a reachable server it prints `skipping: ...` and passes, unless
@@ -459,6 +459,113 @@ async fn throughput_of_no_op_batches() {
          (complete_and_claim): {:.0} steps/s ({elapsed:.2?}); create_run {created:.2?}",
         STEPS as f64 / elapsed.as_secs_f64(),
     );
+}
+
+// -- the event cursor --------------------------------------------------------------
+
+/// Two transactions append events and the one with the lower id commits
+/// last. Paging by id alone (what the store's reads did) moves the cursor
+/// past the late event and never returns it; the store's reads hold back
+/// what lies above an id an open transaction may still commit, and return
+/// both once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_out_of_id_order_are_not_passed_over() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let store = Arc::new(PostgresStore::connect(db.url()).await.unwrap());
+    let run = store.create_run(one_step_run()).await.unwrap();
+    let mut raw = raw_connection(&db).await;
+
+    // A gate: inserting an event whose message is `slow` waits, with its id
+    // taken and its row written, until this connection unlocks key 4242.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_gate() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             IF NEW.message = 'slow' THEN PERFORM pg_advisory_xact_lock(4242); END IF; \
+             RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER slow_gate AFTER INSERT ON events \
+             FOR EACH ROW EXECUTE FUNCTION slow_gate()",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+
+    let event = |message: &str| NewEvent {
+        run_id: run.id,
+        step_id: None,
+        at: Timestamp::now(),
+        kind: EventKind::Log,
+        level: Level::Info,
+        message: message.to_owned(),
+        data: serde_json::Value::Null,
+    };
+    let slow = tokio::spawn({
+        let store = store.clone();
+        let slow = event("slow");
+        async move { store.append_events(vec![slow]).await }
+    });
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks \
+             WHERE locktype = 'advisory' AND objid = 4242 AND objsubid = 1 AND NOT granted",
+        )
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slow insert never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.append_events(vec![event("fast")]).await.unwrap();
+
+    // Paging by id alone: the fast event, and a cursor past the slow one.
+    let by_id = |after: i64| {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT id, message FROM events WHERE id > $1 ORDER BY id",
+        )
+        .bind(after)
+    };
+    let seen = by_id(0).fetch_all(&mut raw).await.unwrap();
+    let messages: Vec<&str> = seen.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(messages, ["fast"]);
+    let cursor = seen[0].0;
+
+    // The store holds the fast event back while the slow one is open.
+    assert!(store.events_since(None, 100).await.unwrap().is_empty());
+    assert!(store.events(run.id, None, 100).await.unwrap().is_empty());
+
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    slow.await.unwrap().unwrap();
+
+    // Paging on from the old cursor passes over the slow event for good.
+    assert!(by_id(cursor).fetch_all(&mut raw).await.unwrap().is_empty());
+    let all = by_id(0).fetch_all(&mut raw).await.unwrap();
+    assert!(
+        all[0].0 < cursor,
+        "the slow event has the lower id: {all:?}"
+    );
+
+    // The store returns both, in id order, to either reader.
+    let since = store.events_since(None, 100).await.unwrap();
+    let messages: Vec<&str> = since.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["slow", "fast"]);
+    let of_run = store.events(run.id, None, 100).await.unwrap();
+    assert_eq!(of_run.len(), 2);
 }
 
 // -- helpers -----------------------------------------------------------------------

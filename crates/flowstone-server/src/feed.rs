@@ -2,9 +2,13 @@
 //! to every event-stream client over a broadcast channel.
 //!
 //! The task reads `Store::events_since(last id seen)` every `every` (100 ms
-//! by default), and at once when [`EventFeed::wake`] is called: the server
-//! wakes it when a run it works on reports progress, and a PostgreSQL
-//! LISTEN/NOTIFY listener can call it too. Clients that fall behind the
+//! by default), at once when [`EventFeed::wake`] is called (the server wakes
+//! it when a run it works on reports progress), and at once on the store's
+//! notices (new runs, released steps, failures, run state changes; on
+//! PostgreSQL from every process). Completions in other processes that
+//! release nothing push no notice, so they reach the feed at its next tick.
+//! The store's reads never pass over an event that commits late, so paging
+//! with the last id seen loses nothing. Clients that fall behind the
 //! channel read what they missed from the store (see [`ClientStream`]), so a
 //! slow client never loses an event and never slows the others.
 
