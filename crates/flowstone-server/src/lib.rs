@@ -15,6 +15,7 @@
 
 mod api;
 pub mod auth;
+mod chart;
 mod error;
 mod feed;
 mod graph;
@@ -106,6 +107,7 @@ struct Inner {
     tokens: Tokens,
     feed: EventFeed,
     status: status::StatusCache,
+    layouts: graph::LayoutCache,
     runs: runs::Runs,
 }
 
@@ -119,6 +121,7 @@ impl AppState {
                 tokens,
                 feed,
                 status: status::StatusCache::default(),
+                layouts: graph::LayoutCache::default(),
             }),
         }
     }
