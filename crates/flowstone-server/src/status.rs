@@ -117,6 +117,7 @@ impl StatusCache {
             tracing::debug!(target: "flowstone::server",
                             ms = started.elapsed().as_secs_f64() * 1e3, "status computed");
             *current = Some(snapshot.clone());
+            crate::memory::trim_soon();
             return Ok(snapshot);
         };
         let changes = read_changes(engine, old.as_of).await?;
@@ -140,6 +141,8 @@ impl StatusCache {
         };
         let snapshot = Arc::new(snapshot);
         *current = Some(snapshot.clone());
+        drop(old);
+        crate::memory::trim_soon();
         Ok(snapshot)
     }
 }
