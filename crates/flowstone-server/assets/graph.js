@@ -40,6 +40,12 @@
       return;
     }
     if (!view) {
+      // A graph lower than the box at its fitted scale gets a lower box.
+      var scale = Math.max(+s.dataset.width / (box.clientWidth || 800), 1);
+      var wanted = Math.max(360, +s.dataset.height / scale + 40);
+      if (wanted < box.clientHeight) {
+        box.style.height = wanted + "px";
+      }
       view = fitted(s);
     }
     // Keep the box's aspect ratio, so a unit is as wide as it is high.

@@ -32,7 +32,8 @@ pub(crate) struct Point {
 }
 
 /// The metadata keys with a number in the latest materialization of some
-/// partition, the most common first (then by name).
+/// partition: those naming rows first (the usual thing to watch), then the
+/// most common, then by name.
 pub(crate) fn numeric_keys(records: &[PartitionRecord]) -> Vec<String> {
     let mut found: HashMap<&str, usize> = HashMap::new();
     for record in records {
@@ -44,7 +45,13 @@ pub(crate) fn numeric_keys(records: &[PartitionRecord]) -> Vec<String> {
         }
     }
     let mut keys: Vec<(&str, usize)> = found.into_iter().collect();
-    keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let rows = |k: &str| !k.contains("rows");
+    keys.sort_by(|a, b| {
+        (rows(a.0), a.0 != "rows")
+            .cmp(&(rows(b.0), b.0 != "rows"))
+            .then(b.1.cmp(&a.1))
+            .then(a.0.cmp(b.0))
+    });
     keys.into_iter().map(|(k, _)| k.to_owned()).collect()
 }
 
@@ -296,9 +303,9 @@ mod tests {
                 "2",
                 serde_json::json!({"rows": 5, "note": "x", "ratio": 0.5}),
             ),
-            record("1", serde_json::json!({"rows": 7})),
+            record("1", serde_json::json!({"rows": 7, "a": 1, "rows_in": 2})),
         ];
-        assert_eq!(numeric_keys(&records), ["rows", "ratio"]);
+        assert_eq!(numeric_keys(&records), ["rows", "rows_in", "a", "ratio"]);
         let points = points(&records, "rows", |k| k.and_then(|k| k.parse().ok()));
         assert_eq!(
             points,

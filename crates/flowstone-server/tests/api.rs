@@ -1166,26 +1166,27 @@ async fn asset_page_charts_numeric_metadata_by_partition() {
     app.materialize("numbers", "2024-01-03").await;
     app.materialize("numbers", "2024-01-09").await;
 
-    // Both keys are offered, the most common first; a bar per partition,
-    // each linking to its materialization.
+    // Both keys are offered, rows first; a bar per partition, each linking
+    // to its materialization.
     let (status, asset) = page(&app, "/assets/numbers").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(asset.contains("data-metric=\"day_of_month\""), "{asset}");
-    assert!(asset.contains("<option value=\"rows\">"), "{asset}");
+    assert!(asset.contains("data-metric=\"rows\""), "{asset}");
+    assert!(asset.contains("<option value=\"day_of_month\">"), "{asset}");
     assert_eq!(asset.matches("class=\"bar\"").count(), 2);
-    assert!(asset.contains("<title>2024-01-09: 9</title>"), "{asset}");
+    assert!(asset.contains("<title>2024-01-09: 3</title>"), "{asset}");
     assert!(
-        asset.contains("href=\"/assets/numbers?partition=2024-01-09&amp;metric=day_of_month\""),
+        asset.contains("href=\"/assets/numbers?partition=2024-01-09&amp;metric=rows\""),
         "{asset}"
     );
-    let (status, chart) = page(&app, "/ui/assets/numbers/chart?metric=rows").await;
+    let (status, chart) = page(&app, "/ui/assets/numbers/chart?metric=day_of_month").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(chart.contains("data-metric=\"rows\""), "{chart}");
+    assert!(chart.contains("data-metric=\"day_of_month\""), "{chart}");
+    assert!(chart.contains("<title>2024-01-09: 9</title>"), "{chart}");
     assert!(
-        chart.contains("<option value=\"rows\" selected>"),
+        chart.contains("<option value=\"day_of_month\" selected>"),
         "{chart}"
     );
-    assert!(chart.contains("hx-get=\"/ui/assets/numbers/chart?metric=rows\""));
+    assert!(chart.contains("hx-get=\"/ui/assets/numbers/chart?metric=day_of_month\""));
 
     // A heatmap cell opens its materialization with the metadata.
     let (_, cell) = page(&app, "/assets/numbers?partition=2024-01-09").await;
@@ -1197,7 +1198,7 @@ async fn asset_page_charts_numeric_metadata_by_partition() {
 
     let (status, body) = page(&app, "/ui/assets/numbers/chart?metric=nope").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body.contains("it has day_of_month, rows"), "{body}");
+    assert!(body.contains("it has rows, day_of_month"), "{body}");
     let (status, _) = page(&app, "/ui/assets/nope/chart").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, config) = page(&app, "/assets/config").await;
