@@ -434,7 +434,8 @@ pub fn asset_status(
         .total
         .saturating_sub(counts.materialized + counts.stale + counts.failed);
     if let Some(p) = &def.partitions {
-        partitions.sort_by_key(|s| {
+        // Each key's index once: working it out parses the key.
+        partitions.sort_by_cached_key(|s| {
             s.partition
                 .as_ref()
                 .and_then(|k| p.index_of(k.as_str(), now).ok())

@@ -11,7 +11,7 @@ use flowstone_core::store::PartitionRecord;
 use crate::graph::escape;
 
 /// The most points a chart draws: the newest ones.
-pub(crate) const MAX_POINTS: usize = 5000;
+pub(crate) const MAX_POINTS: usize = 9000;
 /// Up to this many points a chart is drawn as bars.
 pub(crate) const BARS_UP_TO: usize = 400;
 
@@ -83,13 +83,14 @@ pub(crate) fn points(
     points
 }
 
-/// A round number at or above `x` (1, 2 or 5 times a power of ten).
+/// A round number at or above `x` (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8
+/// times a power of ten), so the highest value fills most of the chart.
 fn nice_ceil(x: f64) -> f64 {
     if x <= 0.0 {
         return 1.0;
     }
     let power = 10f64.powf(x.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .into_iter()
         .map(|m| m * power)
         .find(|&v| v >= x * (1.0 - 1e-12))
@@ -236,9 +237,10 @@ mod tests {
     fn round_numbers_for_the_axis() {
         assert_eq!(nice_ceil(0.0), 1.0);
         assert_eq!(nice_ceil(1.0), 1.0);
-        assert_eq!(nice_ceil(1.1), 2.0);
-        assert_eq!(nice_ceil(730.0), 1000.0);
-        assert_eq!(nice_ceil(0.3), 0.5);
+        assert_eq!(nice_ceil(1.1), 1.2);
+        assert_eq!(nice_ceil(730.0), 800.0);
+        assert_eq!(nice_ceil(1014.0), 1200.0);
+        assert!((nice_ceil(0.33) - 0.4).abs() < 1e-9);
         assert_eq!(short_number(950.0), "950");
         assert_eq!(short_number(12_500.0), "12.5k");
         assert_eq!(short_number(0.25), "0.25");
@@ -267,7 +269,7 @@ mod tests {
 
         let negative = vec![point(0, -4.0), point(1, 3.0)];
         let svg = super::svg(&negative, "delta", |p| p.to_owned());
-        assert!(svg.contains(">-5<"), "{svg}");
+        assert!(svg.contains(">-4<"), "{svg}");
     }
 
     #[test]

@@ -311,15 +311,25 @@ pub(crate) fn layout(view: &GraphView) -> Layout {
         }
     }
 
-    // Nodes: the view's, then one dummy per forward edge per layer crossed.
+    // Nodes: the view's, then one dummy per forward edge per layer crossed,
+    // up to a budget: in a dense graph (groups of a large one) lanes for
+    // every long edge would make the drawing grow with edges times layers,
+    // so the edges past it are drawn straight across.
     let mut up: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut down: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut chains: Vec<(usize, usize, Vec<usize>, bool)> = Vec::new();
+    let mut lanes_left = 4 * n + 1_000;
     for &(u, v) in &view.edges {
         if layer_of[u] >= layer_of[v] {
             chains.push((u, v, vec![u, v], true));
             continue;
         }
+        let crossed = layer_of[v] - layer_of[u] - 1;
+        if crossed > lanes_left {
+            chains.push((u, v, vec![u, v], false));
+            continue;
+        }
+        lanes_left -= crossed;
         let mut chain = vec![u];
         for l in layer_of[u] + 1..layer_of[v] {
             let dummy = layer_of.len();

@@ -5,34 +5,59 @@
 //! glibc keeps what was freed in its per-thread arenas, so an idle `serve`
 //! on the flights store held 60-90 MiB of which about 4 MiB were in use.
 //! `malloc_trim` hands the free pages back; the status cache asks for it
-//! after each computation or update and after every request, and it runs
-//! a second later and again five seconds after that (once for all the
-//! requests meanwhile), when the threads that read the rows have let go.
+//! after each computation or update and the router after every request,
+//! and it runs once the server has been quiet for a second, then again
+//! five seconds later, when the store's threads have let their rows go.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Whether a trim is already on its way.
-static PENDING: AtomicBool = AtomicBool::new(false);
+/// The first and the latest request for a trim since the last one, while
+/// a trim is on its way; `None` when none is.
+static WANTED: Mutex<Option<(Instant, Instant)>> = Mutex::new(None);
 
-/// Returns free heap pages to the operating system a second from now,
-/// where the C library can (glibc); elsewhere does nothing. Must be called
-/// within a Tokio runtime.
+/// Quiet time before a trim, and the longest a busy server waits for one.
+const QUIET: Duration = Duration::from_secs(1);
+const AT_MOST: Duration = Duration::from_secs(10);
+
+/// Returns free heap pages to the operating system once the server has
+/// been quiet for a second (at most ten seconds on), and again five
+/// seconds later, where the C library can (glibc); elsewhere does nothing.
+/// Must be called within a Tokio runtime.
 pub(crate) fn trim_soon() {
-    if PENDING.swap(true, Ordering::AcqRel) {
-        return;
+    let now = Instant::now();
+    {
+        let mut wanted = WANTED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, latest)) = wanted.as_mut() {
+            *latest = now;
+            return;
+        }
+        *wanted = Some((now, now));
     }
     tokio::spawn(async {
+        // Wait for a quiet second, or until the first request is old.
+        loop {
+            let (first, latest) = WANTED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or((Instant::now(), Instant::now()));
+            let due = (latest + QUIET).min(first + AT_MOST);
+            if Instant::now() >= due {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+        *WANTED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+
         // A second trim a few seconds on finds more: buffers the store's
         // threads keep a while after a read.
-        for wait in [1, 5] {
-            tokio::time::sleep(Duration::from_secs(wait)).await;
+        for wait in [Duration::ZERO, Duration::from_secs(5)] {
+            tokio::time::sleep(wait).await;
             let started = Instant::now();
             release();
             tracing::debug!(target: "flowstone::server",
                             ms = started.elapsed().as_secs_f64() * 1e3, "memory trimmed");
         }
-        PENDING.store(false, Ordering::Release);
     });
 }
 

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use flowstone_core::query::{AssetStatus, PartitionStatus, asset_status};
+use flowstone_core::query::{AssetStatus, PartitionStatus};
 use flowstone_core::store::{EventKind, EventRecord};
 use flowstone_core::{
     AssetKey, AssetPartition, Definitions, Engine, EngineError, EventId, PartitionKey,
@@ -338,29 +338,85 @@ async fn update(
             .partition_statuses(def, &partitions, &failed, &is_stale)
             .await?;
 
-        // Merge into the asset's records: replace the ones assessed, keep
-        // the rest.
-        let mut merged: Vec<PartitionStatus> = Vec::new();
-        if let Some(before) = &before {
-            let assessed: std::collections::HashSet<&Option<PartitionKey>> =
-                partitions.iter().collect();
-            merged.extend(
-                before
-                    .status
-                    .partitions
-                    .iter()
-                    .filter(|p| !assessed.contains(&p.partition))
-                    .cloned(),
-            );
-        }
-        merged.extend(fresh);
-        let status = asset_status(def, merged, now);
-        assets.insert(
-            key.clone(),
-            Arc::new(AssetView::new(status, def.partitions.as_ref(), now)),
-        );
+        let view = merge(def, before.as_deref(), &partitions, fresh, now);
+        assets.insert(key.clone(), Arc::new(view));
     }
     Ok(Snapshot { as_of, assets })
+}
+
+/// An asset's view with the `assessed` partitions replaced by `fresh`:
+/// the other records keep their place and their known index, so only the
+/// new ones have their key parsed.
+fn merge(
+    def: &flowstone_core::AssetDef,
+    before: Option<&AssetView>,
+    assessed: &[Option<PartitionKey>],
+    fresh: Vec<PartitionStatus>,
+    now: Timestamp,
+) -> AssetView {
+    let assessed: std::collections::HashSet<&Option<PartitionKey>> = assessed.iter().collect();
+    let mut rows: Vec<(Option<u64>, PartitionStatus)> = Vec::new();
+    if let Some(before) = before {
+        let index_at: HashMap<usize, u64> =
+            before.by_index.iter().map(|&(i, at)| (at, i)).collect();
+        rows.extend(
+            before
+                .status
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !assessed.contains(&p.partition))
+                .map(|(at, p)| (index_at.get(&at).copied(), p.clone())),
+        );
+    }
+    let index_of = |p: &PartitionStatus| {
+        let key = p.partition.as_ref()?;
+        def.partitions.as_ref()?.index_of(key.as_str(), now).ok()
+    };
+    rows.extend(
+        fresh
+            .into_iter()
+            .filter(|p| p.state != PartitionState::Missing || p.latest.is_some())
+            .map(|p| (index_of(&p), p)),
+    );
+    rows.sort_by_key(|(index, _)| *index);
+
+    let mut counts = flowstone_core::query::StatusCounts {
+        total: def.partitions.as_ref().map_or(1, |p| p.len(now)),
+        ..Default::default()
+    };
+    let mut by_index = Vec::new();
+    let mut by_key = HashMap::new();
+    let mut partitions = Vec::with_capacity(rows.len());
+    for (at, (index, p)) in rows.into_iter().enumerate() {
+        match &p.state {
+            PartitionState::Materialized => counts.materialized += 1,
+            PartitionState::Stale(_) => counts.stale += 1,
+            PartitionState::Failed(_) => counts.failed += 1,
+            PartitionState::Missing => {}
+        }
+        if let Some(key) = &p.partition {
+            by_key.insert(key.as_str().to_owned(), at);
+        }
+        if let Some(index) = index {
+            by_index.push((index, at));
+        }
+        partitions.push(p);
+    }
+    counts.missing = counts
+        .total
+        .saturating_sub(counts.materialized + counts.stale + counts.failed);
+    AssetView {
+        status: AssetStatus {
+            asset: def.key.clone(),
+            partitions_def: def.partitions.as_ref().map(|p| p.describe()),
+            code_version: def.code_version.clone(),
+            counts,
+            partitions,
+        },
+        by_index,
+        by_key,
+    }
 }
 
 /// One partition as the API shows it.
