@@ -291,15 +291,69 @@ impl Engine {
         def: &AssetDef,
         stale_upstream: &HashSet<AssetPartition>,
     ) -> Result<AssetStatus, EngineError> {
+        let now = Timestamp::now();
+        let records = self.store().partitions(&def.key).await?;
+        let records = records
+            .into_iter()
+            .map(|r| (r.partition, r.latest, r.failure.map(|f| f.error)))
+            .collect();
+        let partitions = self
+            .assess(def, records, &|p| stale_upstream.contains(p))
+            .await?;
+        Ok(asset_status(def, partitions, now))
+    }
+
+    /// The state of some partitions of one asset, read from the store as
+    /// [`Engine::status`] reads them, for a cache that updates only the
+    /// partitions that changed and what reads them.
+    ///
+    /// `failed` gives the partitions among `partitions` whose newest record
+    /// is a failed step (newer than their latest materialization), with its
+    /// error; `is_stale` says whether an input partition is stale. Partitions
+    /// with neither a materialization nor a failure come back `Missing`.
+    pub async fn partition_statuses(
+        &self,
+        def: &AssetDef,
+        partitions: &[Option<PartitionKey>],
+        failed: &HashMap<Option<PartitionKey>, String>,
+        is_stale: &(dyn Fn(&AssetPartition) -> bool + Sync),
+    ) -> Result<Vec<PartitionStatus>, EngineError> {
+        let targets: Vec<AssetPartition> = partitions
+            .iter()
+            .map(|p| AssetPartition::new(def.key.clone(), p.clone()))
+            .collect();
+        let mut latest: HashMap<Option<PartitionKey>, MaterializationRecord> = HashMap::new();
+        for chunk in targets.chunks(500) {
+            for m in self.store().latest_materializations(chunk).await? {
+                latest.insert(m.target.partition.clone(), m);
+            }
+        }
+        let records = partitions
+            .iter()
+            .map(|p| (p.clone(), latest.remove(p), failed.get(p).cloned()))
+            .collect();
+        self.assess(def, records, is_stale).await
+    }
+
+    /// The state of each `(partition, latest materialization, failure)`.
+    async fn assess(
+        &self,
+        def: &AssetDef,
+        records: Vec<(
+            Option<PartitionKey>,
+            Option<MaterializationRecord>,
+            Option<String>,
+        )>,
+        is_stale: &(dyn Fn(&AssetPartition) -> bool + Sync),
+    ) -> Result<Vec<PartitionStatus>, EngineError> {
         let defs = self.definitions();
         let store = self.store();
         let now = Timestamp::now();
-        let records = store.partitions(&def.key).await?;
 
         // What each latest materialization consumed, with the data versions.
         let latest_ids: Vec<MaterializationId> = records
             .iter()
-            .filter_map(|r| r.latest.as_ref().map(|m| m.id))
+            .filter_map(|(_, latest, _)| latest.as_ref().map(|m| m.id))
             .collect();
         let mut consumed: HashMap<MaterializationId, Vec<Version>> = HashMap::new();
         for chunk in latest_ids.chunks(500) {
@@ -314,10 +368,10 @@ impl Engine {
         // What each partition reads now, and the latest of each of those.
         let mut expected: HashMap<Option<PartitionKey>, Vec<AssetPartition>> = HashMap::new();
         let mut all_inputs: BTreeSet<AssetPartition> = BTreeSet::new();
-        for record in records.iter().filter(|r| r.latest.is_some()) {
-            let inputs = upstream_targets(defs, def, record.partition.as_ref(), now)?;
+        for (partition, _, _) in records.iter().filter(|r| r.1.is_some()) {
+            let inputs = upstream_targets(defs, def, partition.as_ref(), now)?;
             all_inputs.extend(inputs.iter().cloned());
-            expected.insert(record.partition.clone(), inputs);
+            expected.insert(partition.clone(), inputs);
         }
         let all_inputs: Vec<AssetPartition> = all_inputs.into_iter().collect();
         let mut current: HashMap<AssetPartition, Version> = HashMap::new();
@@ -327,20 +381,13 @@ impl Engine {
             }
         }
 
-        let mut counts = StatusCounts {
-            total: def.partitions.as_ref().map_or(1, |p| p.len(now)),
-            ..StatusCounts::default()
-        };
         let mut partitions = Vec::with_capacity(records.len());
-        for record in records {
-            let state = match (&record.latest, &record.failure) {
-                (_, Some(failure)) => PartitionState::Failed(failure.error.clone()),
+        for (partition, latest, failure) in records {
+            let state = match (&latest, failure) {
+                (_, Some(error)) => PartitionState::Failed(error),
                 (None, None) => PartitionState::Missing,
                 (Some(latest), None) => {
-                    let inputs = expected
-                        .get(&record.partition)
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]);
+                    let inputs = expected.get(&partition).map(Vec::as_slice).unwrap_or(&[]);
                     let consumed = consumed.get(&latest.id).map(Vec::as_slice).unwrap_or(&[]);
                     staleness(
                         &def.code_version,
@@ -348,40 +395,58 @@ impl Engine {
                         inputs,
                         consumed,
                         &current,
-                        stale_upstream,
+                        is_stale,
                     )
                 }
             };
-            match &state {
-                PartitionState::Materialized => counts.materialized += 1,
-                PartitionState::Stale(_) => counts.stale += 1,
-                PartitionState::Failed(_) => counts.failed += 1,
-                PartitionState::Missing => {}
-            }
             partitions.push(PartitionStatus {
-                partition: record.partition,
+                partition,
                 state,
-                latest: record.latest.as_ref().map(|m| m.id),
-                materialized_at: record.latest.as_ref().map(|m| m.finished_at),
+                latest: latest.as_ref().map(|m| m.id),
+                materialized_at: latest.as_ref().map(|m| m.finished_at),
             });
         }
-        counts.missing = counts
-            .total
-            .saturating_sub(counts.materialized + counts.stale + counts.failed);
-        if let Some(p) = &def.partitions {
-            partitions.sort_by_key(|s| {
-                s.partition
-                    .as_ref()
-                    .and_then(|k| p.index_of(k.as_str(), now).ok())
-            });
+        Ok(partitions)
+    }
+}
+
+/// An asset's status from the states of its recorded partitions: counts
+/// (missing ones counted, not listed) and the partitions in index order.
+pub fn asset_status(
+    def: &AssetDef,
+    mut partitions: Vec<PartitionStatus>,
+    now: Timestamp,
+) -> AssetStatus {
+    partitions.retain(|p| p.state != PartitionState::Missing || p.latest.is_some());
+    let mut counts = StatusCounts {
+        total: def.partitions.as_ref().map_or(1, |p| p.len(now)),
+        ..StatusCounts::default()
+    };
+    for p in &partitions {
+        match &p.state {
+            PartitionState::Materialized => counts.materialized += 1,
+            PartitionState::Stale(_) => counts.stale += 1,
+            PartitionState::Failed(_) => counts.failed += 1,
+            PartitionState::Missing => {}
         }
-        Ok(AssetStatus {
-            asset: def.key.clone(),
-            partitions_def: def.partitions.as_ref().map(|p| p.describe()),
-            code_version: def.code_version.clone(),
-            counts,
-            partitions,
-        })
+    }
+    counts.missing = counts
+        .total
+        .saturating_sub(counts.materialized + counts.stale + counts.failed);
+    if let Some(p) = &def.partitions {
+        // Each key's index once: working it out parses the key.
+        partitions.sort_by_cached_key(|s| {
+            s.partition
+                .as_ref()
+                .and_then(|k| p.index_of(k.as_str(), now).ok())
+        });
+    }
+    AssetStatus {
+        asset: def.key.clone(),
+        partitions_def: def.partitions.as_ref().map(|p| p.describe()),
+        code_version: def.code_version.clone(),
+        counts,
+        partitions,
     }
 }
 
@@ -408,7 +473,7 @@ fn staleness(
     inputs: &[AssetPartition],
     consumed: &[Version],
     current: &HashMap<AssetPartition, Version>,
-    stale_upstream: &HashSet<AssetPartition>,
+    is_stale: &(dyn Fn(&AssetPartition) -> bool + Sync),
 ) -> PartitionState {
     if latest.code_version != code_version {
         return PartitionState::Stale(format!(
@@ -417,7 +482,7 @@ fn staleness(
         ));
     }
     for input in inputs {
-        if stale_upstream.contains(input) {
+        if is_stale(input) {
             return PartitionState::Stale(format!("input {input} is stale"));
         }
         let Some(now) = current.get(input) else {

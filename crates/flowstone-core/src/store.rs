@@ -689,8 +689,11 @@ impl RescuedStep {
             level,
             message,
             data: serde_json::json!({
+                "asset": self.target.asset.as_str(),
+                "partition": self.target.partition.as_ref().map(|p| p.as_str()),
                 "worker": self.worker,
                 "attempt": attempt,
+                "error": error,
                 "rescued": true,
             }),
         }

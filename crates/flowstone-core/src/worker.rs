@@ -859,7 +859,16 @@ fn failure(
         ),
         None => (EventKind::StepFailed, format!("failed: {message}")),
     };
-    events.push(step_event(step, now, kind, Level::Error, &text));
+    let mut last = step_event(step, now, kind, Level::Error, &text);
+    // What the status of the asset partition needs without reading the
+    // step: which one failed, and the error it now shows.
+    last.data = serde_json::json!({
+        "asset": step.target.asset.as_str(),
+        "partition": step.target.partition.as_ref().map(|p| p.as_str()),
+        "attempt": step.attempt,
+        "error": message,
+    });
+    events.push(last);
     Finished::Failed(Failure {
         step: step.id,
         attempt: step.attempt,

@@ -134,6 +134,7 @@ fn view<'s>(snapshot: &'s Snapshot, key: &AssetKey) -> ApiResult<&'s AssetView> 
     snapshot
         .assets
         .get(key)
+        .map(|v| &**v)
         .ok_or_else(|| ApiError::Internal(format!("no status computed for {key}")))
 }
 
@@ -230,7 +231,7 @@ async fn list_assets(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         .engine()
         .definitions()
         .assets()
-        .map(|def| asset_json(&state, def, snapshot.assets.get(&def.key)))
+        .map(|def| asset_json(&state, def, snapshot.assets.get(&def.key).map(|v| &**v)))
         .collect();
     Ok(Json(json!({ "assets": assets })))
 }
@@ -241,7 +242,11 @@ async fn one_asset(
 ) -> ApiResult<Json<Value>> {
     let def = asset_def(&state, &path_key(key)?)?;
     let snapshot = snapshot(&state).await?;
-    Ok(Json(asset_json(&state, def, snapshot.assets.get(&def.key))))
+    Ok(Json(asset_json(
+        &state,
+        def,
+        snapshot.assets.get(&def.key).map(|v| &**v),
+    )))
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,9 +15,11 @@
 
 mod api;
 pub mod auth;
+mod chart;
 mod error;
 mod feed;
 mod graph;
+mod memory;
 pub mod openapi;
 mod pages;
 mod runs;
@@ -106,6 +108,7 @@ struct Inner {
     tokens: Tokens,
     feed: EventFeed,
     status: status::StatusCache,
+    layouts: graph::LayoutCache,
     runs: runs::Runs,
 }
 
@@ -119,6 +122,7 @@ impl AppState {
                 tokens,
                 feed,
                 status: status::StatusCache::default(),
+                layouts: graph::LayoutCache::default(),
             }),
         }
     }
@@ -146,6 +150,14 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
+        ))
+        // A page can read many records for a moment (a heatmap, a chart):
+        // hand the memory back once the requests of a second are answered.
+        .layer(axum::middleware::map_response(
+            |response: axum::response::Response| async {
+                memory::trim_soon();
+                response
+            },
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             api::panic_response,

@@ -3,8 +3,9 @@
 //! fragment is fetched again only when an event of the kinds it shows
 //! arrives over `/api/v1/events`.
 //!
-//! The two scripts (htmx and its SSE extension) and the style sheet are
-//! compiled into the binary; nothing is loaded from another host.
+//! The scripts (htmx, its SSE extension, and our own `graph.js` for the
+//! graph's pan, zoom and selection) and the style sheet are compiled into
+//! the binary; nothing is loaded from another host.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -23,18 +24,21 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::api::LaunchRequest;
 use crate::error::{ApiError, ApiResult};
-use crate::graph::{NodeInfo, NodeState};
+use crate::graph::{Grouping, NodeInfo, NodeState, ViewNode};
 
 const HTMX: &str = include_str!("../assets/vendor/htmx.min.js");
 const HTMX_SSE: &str = include_str!("../assets/vendor/htmx-ext-sse.js");
+const GRAPH_JS: &str = include_str!("../assets/graph.js");
 const STYLE: &str = include_str!("../assets/style.css");
 
 pub(crate) fn routes(_state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(graph_page))
         .route("/ui/graph", get(graph_fragment))
+        .route("/ui/graph/node", get(graph_node))
         .route("/assets/{key}", get(asset_page))
         .route("/ui/assets/{key}/partitions", get(asset_fragment))
+        .route("/ui/assets/{key}/chart", get(chart_route))
         .route("/ui/assets/{key}/materialize", post(materialize))
         .route("/ui/assets/{key}/backfill", post(backfill))
         .route("/runs", get(runs_page))
@@ -45,6 +49,7 @@ pub(crate) fn routes(_state: AppState) -> Router<AppState> {
         .route("/login", get(login_page).post(login))
         .route("/static/htmx.min.js", get(|| script(HTMX)))
         .route("/static/htmx-ext-sse.js", get(|| script(HTMX_SSE)))
+        .route("/static/graph.js", get(|| script(GRAPH_JS)))
         .route("/static/style.css", get(style))
 }
 
@@ -169,68 +174,308 @@ async fn running_assets(state: &AppState) -> ApiResult<HashSet<AssetKey>> {
     Ok(running)
 }
 
-async fn graph_svg(state: &AppState) -> ApiResult<String> {
+/// An asset's state on the graph: running before failed before stale
+/// before missing.
+fn node_state(counts: &flowstone_core::query::StatusCounts, running: bool) -> NodeState {
+    if running {
+        NodeState::Running
+    } else if counts.failed > 0 {
+        NodeState::Failed
+    } else if counts.stale > 0 {
+        NodeState::Stale
+    } else if counts.missing > 0 {
+        NodeState::Missing
+    } else {
+        NodeState::Fresh
+    }
+}
+
+/// Every asset's state on the graph.
+async fn asset_states(
+    state: &AppState,
+) -> ApiResult<(
+    std::sync::Arc<crate::status::Snapshot>,
+    HashMap<AssetKey, NodeState>,
+)> {
     let snapshot = state.inner.status.snapshot(state.engine()).await?;
     let running = running_assets(state).await?;
-    let mut info = HashMap::new();
-    for (key, view) in &snapshot.assets {
-        let c = view.status.counts;
-        let node_state = if running.contains(key) {
-            NodeState::Running
-        } else if c.failed > 0 {
-            NodeState::Failed
-        } else if c.stale > 0 {
-            NodeState::Stale
-        } else if c.missing > 0 {
-            NodeState::Missing
-        } else {
-            NodeState::Fresh
-        };
-        let detail = format!("{}/{}", c.materialized + c.stale, c.total);
-        info.insert(
-            key.clone(),
-            NodeInfo {
-                state: node_state,
-                detail,
-            },
-        );
+    let states = snapshot
+        .assets
+        .iter()
+        .map(|(key, view)| {
+            (
+                key.clone(),
+                node_state(&view.status.counts, running.contains(key)),
+            )
+        })
+        .collect();
+    Ok((snapshot, states))
+}
+
+/// Assets counted by state, in the order of [`NodeState::ALL`].
+fn count_states<'k>(
+    keys: impl Iterator<Item = &'k AssetKey>,
+    states: &HashMap<AssetKey, NodeState>,
+) -> Vec<(NodeState, usize)> {
+    let mut counts: HashMap<NodeState, usize> = HashMap::new();
+    for key in keys {
+        let s = states.get(key).copied().unwrap_or(NodeState::Missing);
+        *counts.entry(s).or_default() += 1;
     }
+    NodeState::ALL
+        .iter()
+        .filter_map(|s| counts.get(s).map(|&c| (*s, c)))
+        .collect()
+}
+
+fn graph_grouping(state: &AppState, expand: Option<&str>) -> Grouping {
+    Grouping::new(state.engine().definitions(), expand)
+}
+
+async fn graph_svg(state: &AppState, grouping: &Grouping) -> ApiResult<String> {
     let defs = state.engine().definitions();
-    let layout = crate::graph::layout(defs);
-    Ok(crate::graph::svg(&layout, &info))
+    let drawn = state.inner.layouts.get(defs, grouping);
+    let (snapshot, states) = asset_states(state).await?;
+    let info: Vec<NodeInfo> = drawn
+        .view
+        .nodes
+        .iter()
+        .map(|node| match node {
+            ViewNode::Asset(key) => {
+                let detail = snapshot.assets.get(key).map_or(String::new(), |v| {
+                    let c = v.status.counts;
+                    format!("{}/{}", c.materialized + c.stale, c.total)
+                });
+                NodeInfo {
+                    state: states.get(key).copied().unwrap_or(NodeState::Missing),
+                    detail,
+                }
+            }
+            ViewNode::Group { members, .. } => {
+                let counts = count_states(members.iter(), &states);
+                let detail = counts
+                    .iter()
+                    .map(|(s, c)| format!("{} {c}", s.marker()))
+                    .collect::<Vec<_>>()
+                    .join("  ");
+                NodeInfo {
+                    // The most urgent state of any member.
+                    state: counts
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .max()
+                        .unwrap_or(NodeState::Missing),
+                    detail,
+                }
+            }
+        })
+        .collect();
+    Ok(crate::graph::svg(&drawn, &info, url_encode))
 }
 
 const GRAPH_EVENTS: &str = "sse:materialized, sse:run_started, sse:run_finished, \
                             sse:step_failed, sse:run_interrupted, sse:run_resumed";
 
-async fn graph_page(State(state): State<AppState>) -> PageResult<Html<String>> {
-    let svg = graph_svg(&state).await?;
+#[derive(Debug, Deserialize)]
+struct GraphQuery {
+    /// Open groups, comma-separated, or `all`.
+    expand: Option<String>,
+}
+
+fn graph_href(grouping: &Grouping) -> String {
+    let query = grouping.query();
+    if query.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/?expand={}", url_encode(&query))
+    }
+}
+
+async fn graph_page(
+    State(state): State<AppState>,
+    query: Result<Query<GraphQuery>, QueryRejection>,
+) -> PageResult<Html<String>> {
+    let Query(query) = query.map_err(ApiError::from)?;
+    let grouping = graph_grouping(&state, query.expand.as_deref());
+    let svg = graph_svg(&state, &grouping).await?;
+    let defs = state.engine().definitions();
+    let nodes = state.inner.layouts.get(defs, &grouping).view.nodes.len();
+    let expand = url_encode(&grouping.query());
     Ok(layout(
         "Assets",
         html! {
             h1 { "Asset graph" }
             p.legend {
-                @for s in [NodeState::Fresh, NodeState::Stale, NodeState::Failed,
-                           NodeState::Running, NodeState::Missing] {
+                @for s in NodeState::ALL {
                     span class=(format!("chip state-{}", s.name())) {
                         (s.marker()) " " (s.name())
                     }
                 }
             }
-            div hx-ext="sse" sse-connect="/api/v1/events" {
-                div #graph.graph-box hx-get="/ui/graph" hx-trigger=(GRAPH_EVENTS)
+            @if grouping.collapse {
+                p.grouping #grouping {
+                    (defs.len()) " assets drawn as " (nodes) " nodes: groups are collapsed. "
+                    @for open in &grouping.expanded {
+                        a.pill href=(graph_href(&grouping.without(open)))
+                            title="Collapse this group" { "▾ " (open) " ✕" }
+                    }
+                    @if !grouping.expanded.is_empty() {
+                        a href=(graph_href(&Grouping { expanded: Default::default(), ..grouping.clone() }))
+                            { "Collapse all" }
+                        " · "
+                    }
+                    a href="/?expand=all" { "Expand all" }
+                }
+            } @else if defs.len() > crate::graph::COLLAPSE_ABOVE {
+                p.grouping #grouping { "Every group is open. " a href="/" { "Collapse groups" } }
+            }
+            div.graph-tools role="toolbar" aria-label="graph view" {
+                button #zoom-in type="button" title="Zoom in (+)" { "+" }
+                button #zoom-out type="button" title="Zoom out (−)" { "−" }
+                button #zoom-fit type="button" title="Fit the graph (0)" { "Fit" }
+                button #clear-selection type="button" title="Clear the selection (Esc)" { "Clear" }
+                span.hint { "Wheel or + / − to zoom, drag or arrow keys to pan; \
+                             click a node to highlight what it reads and what reads it." }
+            }
+            div.graph-main hx-ext="sse" sse-connect="/api/v1/events" {
+                div #graph.graph-box tabindex="0" data-expand=(grouping.query())
+                    hx-get=(format!("/ui/graph?expand={expand}")) hx-trigger=(GRAPH_EVENTS)
                     hx-swap="innerHTML" {
                     (PreEscaped(svg))
                 }
+                aside #node-detail.panel aria-live="polite" {
+                    p.hint { "Click an asset or a group to see it here. \
+                              The graph updates as runs record materializations." }
+                }
             }
-            p.hint { "Click an asset for its partitions, materializations and actions. \
-                      The graph updates as runs record materializations." }
+            script src="/static/graph.js" {}
         },
     ))
 }
 
-async fn graph_fragment(State(state): State<AppState>) -> PageResult<Html<String>> {
-    Ok(Html(graph_svg(&state).await?))
+async fn graph_fragment(
+    State(state): State<AppState>,
+    query: Result<Query<GraphQuery>, QueryRejection>,
+) -> PageResult<Html<String>> {
+    let Query(query) = query.map_err(ApiError::from)?;
+    let grouping = graph_grouping(&state, query.expand.as_deref());
+    Ok(Html(graph_svg(&state, &grouping).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeQuery {
+    /// A node's `data-id`: `a:KEY` for an asset, `g:PATH` for a group.
+    id: String,
+    expand: Option<String>,
+}
+
+/// The detail panel of a node the graph page selected.
+async fn graph_node(
+    State(state): State<AppState>,
+    query: Result<Query<NodeQuery>, QueryRejection>,
+) -> PageResult<Html<String>> {
+    let Query(query) = query.map_err(ApiError::from)?;
+    let defs = state.engine().definitions();
+    let (snapshot, states) = asset_states(&state).await?;
+    let chips = |counts: &flowstone_core::query::StatusCounts| {
+        html! {
+            span.chip.state-fresh { "✓ " (counts.materialized) }
+            span.chip.state-stale { "↻ " (counts.stale) }
+            span.chip.state-failed { "✕ " (counts.failed) }
+            span.chip.state-missing { "○ " (counts.missing) }
+            span.total { "of " (counts.total) " partitions" }
+        }
+    };
+    if let Some(key) = query.id.strip_prefix("a:") {
+        let def = defs.lookup(key).map_err(ApiError::UnknownAsset)?;
+        let view = snapshot.assets.get(&def.key);
+        let s = states.get(&def.key).copied().unwrap_or(NodeState::Missing);
+        let latest = view.and_then(|v| {
+            v.status
+                .partitions
+                .iter()
+                .filter_map(|p| p.materialized_at)
+                .max()
+        });
+        let href = href_asset(&def.key);
+        let pills = |list: Vec<&std::sync::Arc<flowstone_core::asset::AssetDef>>| {
+            html! {
+                @for a in &list {
+                    a.pill href=(href_asset(&a.key)) data-select=(format!("a:{}", a.key)) { (a.key.as_str()) }
+                }
+                @if list.is_empty() { "none" }
+            }
+        };
+        return Ok(Html(
+            html! {
+                h2 data-node=(query.id) { a href=(href) { (def.key.as_str()) } }
+                p { span class=(format!("chip state-{}", s.name())) { (s.marker()) " " (s.name()) } }
+                @if let Some(d) = &def.description { p.description { (d) } }
+                @if let Some(v) = view { p.counts { (chips(&v.status.counts)) } }
+                dl.facts.narrow {
+                    dt { "Partitions" }
+                    dd { (def.partitions.as_ref().map_or("none".to_owned(), |p| p.describe())) }
+                    @if let Some(g) = &def.group { dt { "Group" } dd { (g) } }
+                    dt { "Last materialized" } dd { (latest.map_or("never".to_owned(), when)) }
+                    dt { "Reads" } dd { (pills(defs.upstream_of(&def.key))) }
+                    dt { "Read by" } dd { (pills(defs.downstream_of(&def.key))) }
+                }
+                p { a.button href=(href) { "Open the asset" } }
+            }
+            .into_string(),
+        ));
+    }
+    let Some(path) = query.id.strip_prefix("g:") else {
+        return Err(ApiError::BadRequest(format!(
+            "node id {:?} is neither a:ASSET nor g:GROUP",
+            query.id
+        ))
+        .into());
+    };
+    let grouping = graph_grouping(&state, query.expand.as_deref());
+    let drawn = state.inner.layouts.get(defs, &grouping);
+    let Some(members) = drawn.view.nodes.iter().find_map(|n| match n {
+        ViewNode::Group { path: p, members } if p == path => Some(members),
+        _ => None,
+    }) else {
+        return Err(ApiError::NotFound(format!(
+            "no collapsed group {path} in this graph; the graph page lists them"
+        ))
+        .into());
+    };
+    let mut total = flowstone_core::query::StatusCounts::default();
+    for key in members {
+        if let Some(v) = snapshot.assets.get(key) {
+            let c = v.status.counts;
+            total.total += c.total;
+            total.materialized += c.materialized;
+            total.stale += c.stale;
+            total.failed += c.failed;
+            total.missing += c.missing;
+        }
+    }
+    const LISTED: usize = 200;
+    Ok(Html(
+        html! {
+            h2 data-node=(query.id) { "▸ " (path) }
+            p { (members.len()) " assets: "
+                @for (s, c) in count_states(members.iter(), &states) {
+                    span class=(format!("chip state-{}", s.name())) { (s.marker()) " " (c) " " (s.name()) }
+                }
+            }
+            p.counts { (chips(&total)) }
+            p { a.button href=(graph_href(&grouping.with(path))) { "Expand the group" } }
+            ul.members {
+                @for key in members.iter().take(LISTED) {
+                    @let s = states.get(key).copied().unwrap_or(NodeState::Missing);
+                    li { span class=(format!("state-{}", s.name())) { (s.marker()) } " "
+                         a href=(href_asset(key)) { (key.as_str()) } }
+                }
+            }
+            @if members.len() > LISTED { p.hint { "and " (members.len() - LISTED) " more." } }
+        }
+        .into_string(),
+    ))
 }
 
 // -- an asset ----------------------------------------------------------------------
@@ -240,6 +485,8 @@ struct AssetQuery {
     partition: Option<String>,
     /// Set by a launch from this page that found nothing to do.
     nothing: Option<String>,
+    /// The metadata key the chart shows.
+    metric: Option<String>,
 }
 
 fn asset_key(key: Result<Path<String>, PathRejection>) -> ApiResult<String> {
@@ -278,6 +525,10 @@ async fn asset_page(
         None => None,
     };
     let fragment = partitions_fragment(&state, &def.key).await?;
+    let chart = match def.partitions {
+        Some(_) => Some(chart_fragment(&state, &def, query.metric.as_deref()).await?),
+        None => None,
+    };
     Ok(layout(
         def.key.as_str(),
         html! {
@@ -336,6 +587,7 @@ async fn asset_page(
                     hx-swap="innerHTML" {
                     (fragment)
                 }
+                @if let Some(chart) = chart { (chart) }
             }
         },
     ))
@@ -355,6 +607,114 @@ async fn asset_fragment(
     Ok(Html(
         partitions_fragment(&state, &def.key).await?.into_string(),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChartQuery {
+    metric: Option<String>,
+}
+
+async fn chart_route(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    query: Result<Query<ChartQuery>, QueryRejection>,
+) -> PageResult<Html<String>> {
+    let key = asset_key(key)?;
+    let Query(query) = query.map_err(ApiError::from)?;
+    let def = state
+        .engine()
+        .definitions()
+        .lookup(&key)
+        .map_err(ApiError::UnknownAsset)?
+        .clone();
+    Ok(Html(
+        chart_fragment(&state, &def, query.metric.as_deref())
+            .await?
+            .into_string(),
+    ))
+}
+
+/// A chart of one numeric metadata value over the asset's partitions, with
+/// a selector when its materializations record several; redrawn when a
+/// materialization is recorded.
+async fn chart_fragment(
+    state: &AppState,
+    def: &flowstone_core::AssetDef,
+    metric: Option<&str>,
+) -> ApiResult<Markup> {
+    let records = state.engine().store().partitions(&def.key).await?;
+    let keys = crate::chart::numeric_keys(&records);
+    let href = href_asset(&def.key);
+    let metric = match metric {
+        Some(m) if keys.iter().any(|k| k == m) => Some(m.to_owned()),
+        Some(m) if !m.is_empty() => {
+            return Err(ApiError::BadRequest(format!(
+                "no numeric metadata {m:?} on {}; it has {}",
+                def.key,
+                if keys.is_empty() {
+                    "none".to_owned()
+                } else {
+                    keys.join(", ")
+                }
+            )));
+        }
+        _ => keys.first().cloned(),
+    };
+    let Some(metric) = metric else {
+        return Ok(html! {
+            section #chart.panel hx-get=(format!("/ui{href}/chart")) hx-trigger="sse:materialized"
+                hx-swap="outerHTML" {
+                h2 { "Metadata" }
+                p.hint { "No numeric metadata recorded yet: an asset records some with \
+                          ctx.add_metadata(\"rows\", n)." }
+            }
+        });
+    };
+    let now = Timestamp::now();
+    let points = crate::chart::points(&records, &metric, |k| {
+        let p = def.partitions.as_ref()?;
+        p.index_of(k?, now).ok()
+    });
+    let svg = crate::chart::svg(&points, &metric, |p| {
+        format!(
+            "{href}?partition={}&metric={}",
+            url_encode(p),
+            url_encode(&metric)
+        )
+    });
+    let values = points.iter().map(|p| p.value);
+    let (min, max) = values
+        .clone()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let mean = values.sum::<f64>() / points.len().max(1) as f64;
+    let number = crate::chart::short_number;
+    Ok(html! {
+        section #chart.panel hx-get=(format!("/ui{href}/chart?metric={}", url_encode(&metric)))
+            hx-trigger="sse:materialized" hx-swap="outerHTML" {
+            div.chart-head {
+                h2 { (metric) " by partition" }
+                @if keys.len() > 1 {
+                    label { "Chart of "
+                        select name="metric" hx-get=(format!("/ui{href}/chart"))
+                            hx-target="#chart" hx-swap="outerHTML" hx-trigger="change" {
+                            @for k in &keys {
+                                option value=(k) selected[*k == metric] { (k) }
+                            }
+                        }
+                    }
+                }
+            }
+            p.hint {
+                (points.len()) " partitions · min " (number(min)) " · mean " (number(mean))
+                " · max " (number(max))
+                @if points.len() == crate::chart::MAX_POINTS { " (the newest only)" }
+                @if points.len() <= crate::chart::BARS_UP_TO { " · click a bar for its materialization" }
+            }
+            (PreEscaped(svg))
+        }
+    })
 }
 
 /// The most cells a heatmap draws; older partitions are left out.

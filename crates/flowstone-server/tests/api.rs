@@ -33,6 +33,7 @@ fn definitions() -> Definitions {
                 .compute(|ctx, _inputs| async move {
                     let day = ctx.require_partition_key()?.as_str().to_owned();
                     ctx.add_metadata("rows", 3);
+                    ctx.add_metadata("day_of_month", day[8..].parse::<u32>().unwrap_or(0));
                     Ok(vec![day.len() as u32, 2, 3])
                 }),
         )
@@ -67,11 +68,15 @@ struct App {
 }
 
 async fn app_with(tokens: Tokens) -> App {
+    app_of(definitions(), tokens).await
+}
+
+async fn app_of(definitions: Definitions, tokens: Tokens) -> App {
     let store = flowstone_sqlite::SqliteStore::in_memory()
         .await
         .expect("an in-memory store");
     let store: Arc<dyn Store> = Arc::new(store);
-    let engine = Engine::new(definitions(), store.clone())
+    let engine = Engine::new(definitions, store.clone())
         .with_default_io(Arc::new(MemoryIoManager::new()))
         .with_user("tester");
     let (stop, stop_rx) = watch::channel(false);
@@ -1055,4 +1060,150 @@ async fn pages_ask_to_sign_in_and_the_cookie_lets_in() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_node_detail_for_an_asset_and_refusals() {
+    let app = app().await;
+    let (status, detail) = page(&app, "/ui/graph/node?id=a:total").await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert!(detail.contains("data-node=\"a:total\""), "{detail}");
+    assert!(
+        detail.contains("data-select=\"a:numbers\""),
+        "reads numbers: {detail}"
+    );
+    assert!(detail.contains("of 31 partitions"), "{detail}");
+
+    let (status, body) = page(&app, "/ui/graph/node?id=a:nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = page(&app, "/ui/graph/node?id=numbers").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("neither a:ASSET nor g:GROUP"), "{body}");
+    let (status, body) = page(&app, "/ui/graph/node?id=g:numbers").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no groups in a small graph: {body}"
+    );
+
+    let (status, graph) = page(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(graph.contains("/static/graph.js") && graph.contains("id=\"zoom-in\""));
+    assert!(
+        !graph.contains("id=\"grouping\""),
+        "a small graph is not grouped"
+    );
+    let (status, script) = page(&app, "/static/graph.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(script.contains("viewBox"));
+}
+
+/// 240 assets in the groups `dom0` .. `dom5` (by key prefix), each group a
+/// chain reading the previous group's last asset.
+fn many_assets() -> Definitions {
+    let mut builder = Definitions::builder();
+    for i in 0..240 {
+        let mut asset = AssetBuilder::new(format!("dom{}/t{i:03}", i / 40));
+        if i > 0 {
+            let up = format!("dom{}/t{:03}", (i - 1) / 40, i - 1);
+            asset = asset.dep::<u32>(up);
+        }
+        builder = builder.add_asset(asset.compute(|_ctx, _inputs| async move { Ok(1u32) }));
+    }
+    builder.build().expect("valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_graphs_are_grouped_and_groups_open_on_request() {
+    let app = app_of(many_assets(), Tokens::none()).await;
+    let (status, graph) = page(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        graph.matches("class=\"node group state-").count(),
+        6,
+        "{graph}"
+    );
+    assert!(graph.contains("data-group=\"dom2\" data-members=\"40\""));
+    assert!(graph.contains("240 assets drawn as 6 nodes"), "{graph}");
+    assert!(graph.contains("○ 40"), "counts by state: {graph}");
+
+    // A group's detail lists its members; opening it draws them.
+    let (status, detail) = page(&app, "/ui/graph/node?id=g:dom2").await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert!(detail.contains("40 assets"), "{detail}");
+    assert!(detail.contains("/assets/dom2%2Ft085"), "{detail}");
+    assert!(detail.contains("href=\"/?expand=dom2\""), "{detail}");
+
+    let (status, open) = page(&app, "/?expand=dom2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(open.matches("class=\"node group state-").count(), 5);
+    assert_eq!(open.matches("class=\"node state-").count(), 40);
+    assert!(
+        open.contains("hx-get=\"/ui/graph?expand=dom2\""),
+        "redraws keep the grouping"
+    );
+    let (_, fragment) = page(&app, "/ui/graph?expand=dom2").await;
+    assert_eq!(fragment.matches("class=\"node state-").count(), 40);
+    let (status, detail) = page(&app, "/ui/graph/node?id=g:dom2&expand=dom2").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "an open group is no node: {detail}"
+    );
+
+    let (_, all) = page(&app, "/?expand=all").await;
+    assert_eq!(all.matches("class=\"node state-").count(), 240);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_page_charts_numeric_metadata_by_partition() {
+    let app = app().await;
+    let (_, before) = page(&app, "/assets/numbers").await;
+    assert!(
+        before.contains("No numeric metadata recorded yet"),
+        "{before}"
+    );
+    app.materialize("numbers", "2024-01-03").await;
+    app.materialize("numbers", "2024-01-09").await;
+
+    // Both keys are offered, rows first; a bar per partition, each linking
+    // to its materialization.
+    let (status, asset) = page(&app, "/assets/numbers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(asset.contains("data-metric=\"rows\""), "{asset}");
+    assert!(asset.contains("<option value=\"day_of_month\">"), "{asset}");
+    assert_eq!(asset.matches("class=\"bar\"").count(), 2);
+    assert!(asset.contains("<title>2024-01-09: 3</title>"), "{asset}");
+    assert!(
+        asset.contains("href=\"/assets/numbers?partition=2024-01-09&amp;metric=rows\""),
+        "{asset}"
+    );
+    let (status, chart) = page(&app, "/ui/assets/numbers/chart?metric=day_of_month").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(chart.contains("data-metric=\"day_of_month\""), "{chart}");
+    assert!(chart.contains("<title>2024-01-09: 9</title>"), "{chart}");
+    assert!(
+        chart.contains("<option value=\"day_of_month\" selected>"),
+        "{chart}"
+    );
+    assert!(chart.contains("hx-get=\"/ui/assets/numbers/chart?metric=day_of_month\""));
+
+    // A heatmap cell opens its materialization with the metadata.
+    let (_, cell) = page(&app, "/assets/numbers?partition=2024-01-09").await;
+    assert!(cell.contains("id=\"materialization\""), "{cell}");
+    assert!(
+        cell.contains("day_of_month") && cell.contains("<code>9</code>"),
+        "{cell}"
+    );
+
+    let (status, body) = page(&app, "/ui/assets/numbers/chart?metric=nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("it has rows, day_of_month"), "{body}");
+    let (status, _) = page(&app, "/ui/assets/nope/chart").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, config) = page(&app, "/assets/config").await;
+    assert!(
+        !config.contains("id=\"chart\""),
+        "no chart for an unpartitioned asset"
+    );
 }

@@ -298,6 +298,7 @@ async fn dashboard_launches_from_the_page_and_updates_live() {
         .await
         .unwrap();
     assert!(detail.contains("0/365"), "{detail}");
+    pan_zoom_and_highlight(&client).await;
     mark(&client).await;
     let graph_window = client.window().await.unwrap();
 
@@ -376,6 +377,52 @@ async fn dashboard_launches_from_the_page_and_updates_live() {
         Some("materialized")
     );
 
+    // The partition's heatmap cell, and its bar in the chart of rows per
+    // day, open the materialization with its metadata.
+    let opened = || async {
+        let url = client.current_url().await.ok()?;
+        if !url.query()?.contains("partition=2013-07-04") {
+            return None;
+        }
+        let text = client
+            .find(Locator::Id("materialization"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("rows").then_some(())
+    };
+    client
+        .find(Locator::Css(".cell[data-partition='2013-07-04']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the materialization of the cell", opened).await;
+    client
+        .goto(&format!("{base}/assets/raw_flights"))
+        .await
+        .unwrap();
+    assert_eq!(
+        attr(&client, "svg.chart", "data-metric").await.as_deref(),
+        Some("rows")
+    );
+    let bars = client
+        .find_all(Locator::Css("svg.chart .bar"))
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 1, "one materialized day");
+    client
+        .find(Locator::Css("svg.chart a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the materialization of the bar", opened).await;
+
     // A run page open while its run goes on changes without a reload: a
     // month of hourly weather, launched from the backfill form.
     client
@@ -415,4 +462,147 @@ async fn dashboard_launches_from_the_page_and_updates_live() {
 
     client.close().await.unwrap();
     served.stop();
+}
+
+async fn number(client: &Client, script: &str) -> f64 {
+    client
+        .execute(script, vec![])
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+async fn view_box(client: &Client) -> Vec<f64> {
+    let text = attr(client, "#graph-svg", "viewBox")
+        .await
+        .unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// The graph page's own script: buttons, the wheel and a drag move the
+/// view; a click highlights a node's upstream and downstream, dims the
+/// rest and shows its detail; Escape clears it.
+async fn pan_zoom_and_highlight(client: &Client) {
+    let zoom = || {
+        number(
+            client,
+            "return +document.getElementById('graph').dataset.zoom;",
+        )
+    };
+    let before = zoom().await;
+    assert!(before > 0.0, "the script set the view: {before}");
+    client
+        .find(Locator::Id("zoom-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let closer = zoom().await;
+    assert!(closer > before * 1.2, "zoom in: {before} -> {closer}");
+
+    // The wheel zooms out around the pointer; a drag moves the view.
+    let wheel =
+        "const box = document.getElementById('graph'); const r = box.getBoundingClientRect();
+        box.dispatchEvent(new WheelEvent('wheel', {deltaY: 400, clientX: r.left + 100,
+            clientY: r.top + 100, bubbles: true, cancelable: true}));
+        return +box.dataset.zoom;";
+    let farther = number(client, wheel).await;
+    assert!(
+        farther < closer,
+        "the wheel zooms out: {closer} -> {farther}"
+    );
+    let start = view_box(client).await;
+    client
+        .execute(
+            "const box = document.getElementById('graph'); const r = box.getBoundingClientRect();
+             const at = (type, dx) => new PointerEvent(type, {clientX: r.left + 200 + dx,
+                 clientY: r.top + 200, button: 0, bubbles: true});
+             box.dispatchEvent(at('pointerdown', 0));
+             window.dispatchEvent(at('pointermove', 60));
+             window.dispatchEvent(at('pointermove', 120));
+             window.dispatchEvent(at('pointerup', 120));
+             return null;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let moved = view_box(client).await;
+    assert!(
+        moved[0] < start[0],
+        "dragging right shows what is left: {start:?} -> {moved:?}"
+    );
+    client
+        .find(Locator::Id("zoom-fit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // Selecting daily_report lights its upstream and downstream only.
+    client
+        .find(Locator::Css("g.node[data-asset='daily_report']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.current_url().await.unwrap().path(),
+        "/",
+        "a click selects instead of leaving the page"
+    );
+    let lit: Vec<String> = {
+        let mut lit = Vec::new();
+        for node in client
+            .find_all(Locator::Css("svg.graph.focus g.node.hl"))
+            .await
+            .unwrap()
+        {
+            lit.push(node.attr("data-asset").await.unwrap().unwrap_or_default());
+        }
+        lit.sort();
+        lit
+    };
+    assert_eq!(
+        lit,
+        [
+            "airlines",
+            "carrier_ranking",
+            "cleaned_flights",
+            "daily_report",
+            "daily_weather",
+            "raw_flights",
+            "raw_weather",
+            "weekly_report"
+        ],
+        "airports and planes are dimmed"
+    );
+    eventually("the node's detail", || async {
+        let text = client
+            .find(Locator::Css("#node-detail h2[data-node='a:daily_report']"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text == "daily_report").then_some(())
+    })
+    .await;
+    client
+        .find(Locator::Id("graph"))
+        .await
+        .unwrap()
+        .send_keys("\u{e00c}")
+        .await
+        .unwrap();
+    let focused = client
+        .find_all(Locator::Css("svg.graph.focus"))
+        .await
+        .unwrap();
+    assert!(focused.is_empty(), "Escape clears the selection");
 }

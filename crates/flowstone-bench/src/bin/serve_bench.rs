@@ -9,7 +9,9 @@
 //! ```
 //!
 //! `--store` names a store filled by the main job (`flights backfill --all`);
-//! without it a temporary one is filled first. Only loopback is used.
+//! without it a temporary one is filled first. The bench forces a backfill
+//! of `raw_weather` through the server, so give it a copy of a store you
+//! keep. Only loopback is used.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -145,11 +147,63 @@ fn serve_process(flights: &Path, store: &Path) -> anyhow::Result<()> {
         "first asset list (computes the status of 10,277 partitions): {:.1} ms, status {status}",
         ms(first.elapsed())
     );
-    std::thread::sleep(Duration::from_secs(2));
-    println!("idle RSS after that: {:.1} MiB", rss_mib(child.id())?);
+    // Idle: past the two trims that follow the last request (1 s, 6 s).
+    std::thread::sleep(Duration::from_secs(7));
+    println!(
+        "idle RSS after that: {:.1} MiB (peak {:.1} MiB)",
+        rss_mib(child.id())?,
+        hwm_mib(child.id())?
+    );
     let latencies = repeat(1000, || get(&mut stream, "/api/v1/assets").map(|_| ()))?;
     report("GET /api/v1/assets (keep-alive, 1000 requests)", latencies);
     println!("RSS after those requests: {:.1} MiB", rss_mib(child.id())?);
+    let graph = repeat(100, || get(&mut stream, "/ui/graph").map(|_| ()))?;
+    report("GET /ui/graph (the graph's SVG, 100 requests)", graph);
+
+    // The status while a backfill records materializations: every request
+    // finds new events and brings the status up to date first.
+    let (status, body) = post(
+        &mut stream,
+        "/api/v1/runs",
+        r#"{"assets":["raw_weather"],"mode":"backfill","all":true,"force":true,"max_parallel":4}"#,
+    )?;
+    if status != 201 {
+        bail!("launch failed: {status} {body}");
+    }
+    let run = serde_json::from_str::<serde_json::Value>(&body)?["run_id"]
+        .as_str()
+        .context("a run id")?
+        .to_owned();
+    let backfill = Instant::now();
+    let mut during = Vec::new();
+    loop {
+        let started = Instant::now();
+        get(&mut stream, "/api/v1/assets")?;
+        during.push(started.elapsed());
+        let (_, body) = get(&mut stream, &format!("/api/v1/runs/{run}"))?;
+        let value: serde_json::Value = serde_json::from_str(&body)?;
+        if value["run"]["state"] != "running" {
+            break;
+        }
+        if backfill.elapsed() > Duration::from_secs(300) {
+            bail!("the backfill did not end within 300 s");
+        }
+    }
+    println!(
+        "backfill of the 8,760 raw_weather hours (forced) through serve: {:.1} s",
+        backfill.elapsed().as_secs_f64()
+    );
+    report(
+        "GET /api/v1/assets while it runs (status brought up to date)",
+        during,
+    );
+    // Idle: past the two trims that follow the last request (1 s, 6 s).
+    std::thread::sleep(Duration::from_secs(7));
+    println!(
+        "idle RSS after the backfill: {:.1} MiB (peak {:.1} MiB)",
+        rss_mib(child.id())?,
+        hwm_mib(child.id())?
+    );
     let _ = child.kill();
     let _ = child.wait();
     Ok(())
@@ -230,6 +284,8 @@ fn in_process() -> anyhow::Result<()> {
         events,
         "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
     )?;
+    // Closed before the shutdown, which waits for open connections.
+    let events_end = events.try_clone()?;
     std::thread::spawn(move || {
         let reader = BufReader::new(events);
         let mut kind = String::new();
@@ -285,6 +341,7 @@ fn in_process() -> anyhow::Result<()> {
         polled,
     );
 
+    let _ = events_end.shutdown(std::net::Shutdown::Both);
     runtime.block_on(server.shutdown())?;
     Ok(())
 }
@@ -346,12 +403,21 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+/// The peak resident set.
+fn hwm_mib(pid: u32) -> anyhow::Result<f64> {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+fn proc_status_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS in /proc/PID/status")?;
+        .with_context(|| format!("{field} in /proc/PID/status"))?;
     Ok(kib / 1024.0)
 }
 
