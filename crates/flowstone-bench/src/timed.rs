@@ -377,6 +377,11 @@ impl Store for TimedStore {
             .await
     }
 
+    async fn events_position(&self) -> StoreResult<Option<EventId>> {
+        self.timed("events_position", none, self.inner.events_position())
+            .await
+    }
+
     async fn events_since(
         &self,
         after: Option<EventId>,

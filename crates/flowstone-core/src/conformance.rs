@@ -2410,6 +2410,8 @@ pub async fn events_since_reads_every_run(store: Arc<dyn Store>) {
     let second = RunPlan::new().step("b", None, &[]).create(&*store).await;
     let before = store.events_since(None, 1000).await.must("events_since");
     let start = before.last().map(|e| e.id);
+    let position = store.events_position().await.must("events_position");
+    assert_eq!(position, start, "the position is the newest settled event");
 
     let event = |run_id: RunId, i: usize| NewEvent {
         run_id,
@@ -2448,6 +2450,8 @@ pub async fn events_since_reads_every_run(store: Arc<dyn Store>) {
     let messages: Vec<&str> = read.iter().map(|e| e.message.as_str()).collect();
     let want: Vec<String> = (0..7).map(|i| format!("event {i}")).collect();
     assert_eq!(messages, want, "every run's events, in the order appended");
+    let position = store.events_position().await.must("events_position");
+    assert_eq!(position, read.last().map(|e| e.id), "the position moved on");
     let runs: Vec<RunId> = read.iter().map(|e| e.run_id).collect();
     assert_eq!(runs[..2], [first.id, second.id], "events keep their run");
 

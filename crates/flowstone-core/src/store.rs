@@ -982,4 +982,22 @@ pub trait Store: Send + Sync + 'static {
         after: Option<EventId>,
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>>;
+
+    /// Where the event log stands: an id at or below which every event is
+    /// settled, so that [`Store::events_since`] from it returns exactly the
+    /// events appended later (`None`: from the start). A live feed starts
+    /// here. The default pages through the log; backends answer at once.
+    async fn events_position(&self) -> StoreResult<Option<EventId>> {
+        let mut after = None;
+        loop {
+            let page = self.events_since(after, 10_000).await?;
+            let Some(last) = page.last() else {
+                return Ok(after);
+            };
+            after = Some(last.id);
+            if page.len() < 10_000 {
+                return Ok(after);
+            }
+        }
+    }
 }

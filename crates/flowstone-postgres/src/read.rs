@@ -402,6 +402,14 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The horizon: every event at or below it is settled.
+    pub(crate) async fn read_events_position(&self) -> StoreResult<Option<EventId>> {
+        let horizon = horizon(&self.pool).await?;
+        Ok((horizon > 0).then_some(EventId(horizon)))
+    }
+}
+
 /// The highest event id below which every event is settled: committed (and
 /// visible to any statement that starts after this returns) or never to be.
 ///

@@ -32,36 +32,38 @@ pub struct EventFeed {
 }
 
 impl EventFeed {
-    /// Starts the feed task, which stops when `stop` turns true (or its
-    /// sender is dropped). The feed begins after the newest event in the
-    /// store: history is read by clients that ask for it.
-    pub fn start(
+    /// Reads where the store stands, then starts the feed task, which stops
+    /// when `stop` turns true (or its sender is dropped). The feed begins
+    /// after the newest event in the store: history is read by clients that
+    /// ask for it. Reading the store's position before returning means a
+    /// client that asks for "from now on" once the server is up cannot miss
+    /// an event appended before the task first looked.
+    pub async fn start(
         store: Arc<dyn Store>,
         every: Duration,
         mut stop: watch::Receiver<bool>,
     ) -> (EventFeed, tokio::task::JoinHandle<()>) {
         let (tx, _) = broadcast::channel(4096);
         let wake = Arc::new(Notify::new());
-        let (last_tx, last) = watch::channel(None);
+        // The store's notices (LISTEN/NOTIFY on PostgreSQL, this process's
+        // commits on SQLite) wake the feed at once; the tick covers what
+        // they miss. Subscribed before the position is read.
+        let mut notices = store.notices();
+        let mut after = match store.events_position().await {
+            Ok(id) => id,
+            Err(err) => {
+                tracing::error!(target: "flowstone::server", error = %err,
+                                "event feed cannot read the store");
+                None
+            }
+        };
+        let (last_tx, last) = watch::channel(after);
         let feed = EventFeed {
             tx: tx.clone(),
             wake: wake.clone(),
             last,
         };
         let task = tokio::spawn(async move {
-            // The store's notices (LISTEN/NOTIFY on PostgreSQL, this
-            // process's commits on SQLite) wake the feed at once; the tick
-            // covers what they miss.
-            let mut notices = store.notices();
-            let mut after = match newest(store.as_ref()).await {
-                Ok(id) => id,
-                Err(err) => {
-                    tracing::error!(target: "flowstone::server", error = %err,
-                                    "event feed cannot read the store");
-                    None
-                }
-            };
-            last_tx.send_replace(after);
             loop {
                 // Read: everything new, a page at a time.
                 loop {
@@ -124,21 +126,6 @@ async fn notice(notices: &mut Option<broadcast::Receiver<flowstone_core::store::
     };
     if let Err(broadcast::error::RecvError::Closed) = receiver.recv().await {
         *notices = None;
-    }
-}
-
-/// The newest event id in the store, paging through the log.
-async fn newest(store: &dyn Store) -> Result<Option<EventId>, flowstone_core::StoreError> {
-    let mut after = None;
-    loop {
-        let page = store.events_since(after, 10_000).await?;
-        let Some(last) = page.last() else {
-            return Ok(after);
-        };
-        after = Some(last.id);
-        if page.len() < 10_000 {
-            return Ok(after);
-        }
     }
 }
 

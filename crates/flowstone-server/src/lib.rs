@@ -197,7 +197,7 @@ impl Server {
         // Every task below stops when `stop` turns true.
         let (stop, stop_rx) = watch::channel(false);
         let (feed, feed_task) =
-            EventFeed::start(engine.store().clone(), options.feed_every, stop_rx.clone());
+            EventFeed::start(engine.store().clone(), options.feed_every, stop_rx.clone()).await;
         let state = AppState::new(engine.clone(), options.tokens.clone(), feed.clone());
         let mut tasks = vec![feed_task];
         tasks.push(spawn_maintenance(engine.clone(), stop_rx.clone()));

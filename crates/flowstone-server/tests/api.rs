@@ -80,7 +80,7 @@ async fn app_of(definitions: Definitions, tokens: Tokens) -> App {
         .with_default_io(Arc::new(MemoryIoManager::new()))
         .with_user("tester");
     let (stop, stop_rx) = watch::channel(false);
-    let (feed, _task) = EventFeed::start(store, Duration::from_millis(20), stop_rx);
+    let (feed, _task) = EventFeed::start(store, Duration::from_millis(20), stop_rx).await;
     let state = AppState::new(engine, tokens, feed);
     App {
         router: flowstone_server::router(state.clone()),

@@ -483,6 +483,10 @@ impl Store for SqliteStore {
         self.read_runs_without_live_steps(limit).await
     }
 
+    async fn events_position(&self) -> StoreResult<Option<EventId>> {
+        self.read_events_position().await
+    }
+
     async fn events_since(
         &self,
         after: Option<EventId>,

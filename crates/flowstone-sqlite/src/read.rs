@@ -395,6 +395,17 @@ pub(crate) async fn counts_to_keep(
 
 impl SqliteStore {
     /// Events of every run after `after`, in id order (the live feed).
+    /// The newest event id: one writer, so every event below it is
+    /// committed.
+    pub(crate) async fn read_events_position(&self) -> StoreResult<Option<EventId>> {
+        let mut conn = self.reader().await?;
+        let newest: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
+            .fetch_one(&mut *conn)
+            .await
+            .db()?;
+        Ok(newest.map(EventId))
+    }
+
     pub(crate) async fn read_events_since(
         &self,
         after: Option<EventId>,
