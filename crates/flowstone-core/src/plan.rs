@@ -393,11 +393,20 @@ fn select_partitions(
             describe: partitions.describe(),
             example: partitions.example_key(now),
         }),
-        PartitionSelection::Keys(keys) => keys
-            .iter()
-            .map(|k| partitions.parse_key(k, now).map(|k| target(Some(k))))
-            .collect::<Result<_, _>>()
-            .map_err(|err| bad(err.to_string())),
+        PartitionSelection::Keys(keys) => {
+            // A key given twice (or two spellings of one key) is one target.
+            let mut seen = std::collections::HashSet::new();
+            let mut targets = Vec::with_capacity(keys.len());
+            for key in keys {
+                let key = partitions
+                    .parse_key(key, now)
+                    .map_err(|err| bad(err.to_string()))?;
+                if seen.insert(key.clone()) {
+                    targets.push(target(Some(key)));
+                }
+            }
+            Ok(targets)
+        }
         PartitionSelection::All => {
             let range = 0..partitions.len(now);
             Ok(partitions

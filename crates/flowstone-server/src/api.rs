@@ -215,6 +215,8 @@ fn asset_json(state: &AppState, def: &AssetDef, view: Option<&AssetView>) -> Val
         "description": def.description,
         "group": def.group,
         "code_version": def.code_version,
+        "queue": def.queue,
+        "queue_limit": defs.queue_limits().get(&def.queue),
         "owners": def.owners,
         "tags": def.tags,
         "upstream": defs.upstream_of(&def.key).iter().map(|d| &d.key).collect::<Vec<_>>(),

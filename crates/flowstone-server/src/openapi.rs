@@ -114,6 +114,8 @@ pub fn document() -> Value {
                         "description": { "type": ["string", "null"] },
                         "group": { "type": ["string", "null"] },
                         "code_version": { "type": "string" },
+                        "queue": { "type": "string" },
+                        "queue_limit": { "type": ["integer", "null"] },
                         "upstream": { "type": "array", "items": { "type": "string" } },
                         "downstream": { "type": "array", "items": { "type": "string" } },
                         "partitions": { "type": ["object", "null"], "properties": {

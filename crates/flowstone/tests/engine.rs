@@ -898,3 +898,17 @@ async fn a_claim_whose_answer_was_lost_is_handed_back_by_the_heartbeat() {
         "{events:#?}"
     );
 }
+
+/// A partition key given twice is one step, not a conflict with itself.
+#[tokio::test]
+async fn a_partition_key_given_twice_is_one_step() {
+    let (engine, _) = engine(None).await;
+    let keys = vec!["2024-01-02".to_owned(), "2024-01-02".to_owned()];
+    let request = RunRequest::materialize(
+        vec!["numbers".parse().unwrap()],
+        PartitionSelection::Keys(keys),
+    );
+    let outcome = engine.run(request).await.unwrap().expect("something to do");
+    assert_eq!(outcome.run.state, RunState::Succeeded);
+    assert_eq!(outcome.run.steps.total(), 1);
+}

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use flowstone_core::query::{AssetStatus, ImpactEntry, Lineage, PartitionState};
 use flowstone_core::store::{
-    EventRecord, Lease, MaterializationRecord, RunRecord, RunState, StepRecord, WorkerRecord,
+    DEFAULT_QUEUE, EventRecord, Lease, MaterializationRecord, RunRecord, RunState, StepRecord,
+    WorkerRecord,
 };
 use flowstone_core::{AssetPartition, Definitions, Plan, RunId, RunOutcome};
 use flowstone_partitions::PartitionsDef;
@@ -79,6 +80,8 @@ impl Printer {
                             "mapping": defs.mapping(a, &d.key).map(|m| m.describe()),
                         })).collect::<Vec<_>>(),
                         "io_manager": a.io_manager,
+                        "queue": a.queue,
+                        "queue_limit": defs.queue_limits().get(&a.queue),
                         "code_version": a.code_version,
                         "retry_max_attempts": a.retry.max_attempts,
                         "tags": a.tags,
@@ -89,12 +92,18 @@ impl Printer {
             self.emit(&assets);
             return;
         }
-        let mut rows = vec![vec![
+        // A QUEUE column once any asset waits in a queue of its own.
+        let queues = defs.queues().iter().any(|q| *q != DEFAULT_QUEUE);
+        let mut header = vec![
             "ASSET".to_owned(),
             "PARTITIONS".to_owned(),
             "READS".to_owned(),
             "CODE VERSION".to_owned(),
-        ]];
+        ];
+        if queues {
+            header.push("QUEUE".to_owned());
+        }
+        let mut rows = vec![header];
         for a in defs.assets() {
             let deps: Vec<String> = a
                 .deps
@@ -123,6 +132,13 @@ impl Printer {
                 },
                 a.code_version.clone(),
             ]);
+            if queues {
+                let queue = match defs.queue_limits().get(&a.queue) {
+                    Some(limit) => format!("{} (limit {limit})", a.queue),
+                    None => a.queue.clone(),
+                };
+                rows.last_mut().expect("just pushed").push(queue);
+            }
         }
         out!("{}", table(&rows));
     }
