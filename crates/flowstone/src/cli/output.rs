@@ -451,17 +451,38 @@ impl Printer {
             return;
         }
         let mut rows = vec![
-            ["WORKER", "HOST", "PID", "STARTED", "LAST HEARTBEAT"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "WORKER",
+                "HOST",
+                "PID",
+                "STARTED",
+                "LAST HEARTBEAT",
+                "SILENT FOR",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
+        let now = Timestamp::now();
         for w in workers {
+            // Heartbeats go out every quarter of a worker's lease; one silent
+            // for longer than a minute (the default lease) has likely died,
+            // and the leader rescues its steps once their leases run out.
+            let silent = now.duration_since(w.heartbeat_at);
+            let silent_for = if silent.as_secs() >= 60 {
+                format!(
+                    "{:#} (gone?)",
+                    silent.round(jiff::Unit::Second).unwrap_or(silent)
+                )
+            } else {
+                format!("{}s", silent.as_secs().max(0))
+            };
             rows.push(vec![
                 w.id.to_string(),
                 w.host.clone(),
                 w.pid.to_string(),
                 short_time(w.started_at),
                 short_time(w.heartbeat_at),
+                silent_for,
             ]);
         }
         out!("{}", table(&rows));
