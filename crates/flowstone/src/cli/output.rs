@@ -306,13 +306,16 @@ impl Printer {
                 PartitionState::Stale(why) | PartitionState::Failed(why) => why.clone(),
                 _ => String::new(),
             };
+            // SINCE is when the partition's value was made; a failed
+            // partition's newer failure has no value, so it shows none.
+            let since = match state {
+                PartitionState::Failed(_) => None,
+                _ => entry.and_then(|p| p.materialized_at),
+            };
             rows.push(vec![
                 key.unwrap_or_else(|| "-".into()),
                 state.name().to_owned(),
-                entry
-                    .and_then(|p| p.materialized_at)
-                    .map(short_time)
-                    .unwrap_or_default(),
+                since.map(short_time).unwrap_or_default(),
                 why,
             ]);
         }
