@@ -326,6 +326,20 @@ pub struct ClaimRequest {
     pub limits: Arc<QueueLimits>,
 }
 
+impl ClaimRequest {
+    /// The limits of the queues this claim serves, by queue name.
+    pub fn served_limits(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.limits
+            .iter()
+            .filter(|(queue, _)| {
+                self.queues
+                    .as_ref()
+                    .is_none_or(|served| served.iter().any(|q| q == *queue))
+            })
+            .map(|(queue, limit)| (queue.as_str(), *limit))
+    }
+}
+
 /// Concurrency limits by queue name; a queue not named here has none.
 ///
 /// A limit holds across the whole cluster: a claim counts the queue's running

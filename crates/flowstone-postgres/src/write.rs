@@ -476,26 +476,8 @@ impl PostgresStore {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        // The unlimited claim is one statement, committed on its own; only a
-        // limited claim needs a transaction (its lock lasts until commit).
         let mut conn = self.pool.acquire().await.db()?;
-        let limited_queues = limited_queues(&req);
-        let mut claimed = Vec::new();
-        let mut left = req.limit;
-        if !self.limited_seen.load(Ordering::Relaxed) {
-            let limited;
-            (claimed, limited) = unlimited_claim(&mut conn, &req, &limited_queues).await?;
-            self.limited_seen.store(limited, Ordering::Relaxed);
-            left -= claimed.len() as u32;
-            if left == 0 || !limited {
-                return Ok(claimed);
-            }
-        }
-        let mut tx = conn.begin().await.db()?;
-        let more = limited_claim(&mut tx, &req, left, &limited_queues, &self.limited_seen).await?;
-        tx.commit().await.db()?;
-        claimed.extend(more);
-        Ok(claimed)
+        claim_in(&mut conn, &req, &self.limited_seen).await
     }
 
     pub(crate) async fn write_complete_and_claim(
@@ -825,7 +807,9 @@ async fn complete_in(conn: &mut PgConnection, batch: &[Completion]) -> StoreResu
     Ok(outcomes)
 }
 
-/// Claims inside the caller's transaction; `req.limit` is not 0.
+/// Claims on `conn`, in the caller's transaction if it has one; `req.limit`
+/// is not 0. The unlimited claim is one statement (committed on its own
+/// outside a transaction).
 ///
 /// Steps of limited queues and capped runs are taken by a limited claim
 /// (see [`flowstone_core::slots`]): first, in claim order with every other
@@ -838,28 +822,29 @@ async fn claim_in(
     limited_seen: &AtomicBool,
 ) -> StoreResult<Vec<ClaimedStep>> {
     let limited_queues = limited_queues(req);
-    if limited_seen.load(Ordering::Relaxed) {
-        return limited_claim(conn, req, req.limit, &limited_queues, limited_seen).await;
+    let mut claimed = Vec::new();
+    let mut left = req.limit;
+    if !limited_seen.load(Ordering::Relaxed) {
+        let limited;
+        (claimed, limited) = unlimited_claim(conn, req, &limited_queues).await?;
+        limited_seen.store(limited, Ordering::Relaxed);
+        left -= claimed.len() as u32;
+        if left == 0 || !limited {
+            return Ok(claimed);
+        }
     }
-    let (mut claimed, limited) = unlimited_claim(conn, req, &limited_queues).await?;
-    limited_seen.store(limited, Ordering::Relaxed);
-    let left = req.limit - claimed.len() as u32;
-    if left > 0 && limited {
-        claimed.extend(limited_claim(conn, req, left, &limited_queues, limited_seen).await?);
-    }
+    // The limited claim's lock lasts until commit: a transaction of its own,
+    // or a savepoint of the caller's (whose commit then releases it).
+    let mut tx = conn.begin().await.db()?;
+    claimed.extend(limited_claim(&mut tx, req, left, &limited_queues, limited_seen).await?);
+    tx.commit().await.db()?;
     Ok(claimed)
 }
 
 /// The limits of the queues `req` serves.
 fn limited_queues(req: &ClaimRequest) -> Vec<(&str, i64)> {
-    req.limits
-        .iter()
-        .filter(|(queue, _)| {
-            req.queues
-                .as_ref()
-                .is_none_or(|served| served.iter().any(|q| q == *queue))
-        })
-        .map(|(queue, limit)| (queue.as_str(), i64::from(*limit)))
+    req.served_limits()
+        .map(|(queue, limit)| (queue, i64::from(limit)))
         .collect()
 }
 

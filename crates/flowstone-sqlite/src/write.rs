@@ -825,14 +825,8 @@ async fn claim_in(
 
 /// The limits of the queues `req` serves.
 fn limited_queues(req: &ClaimRequest) -> serde_json::Map<String, serde_json::Value> {
-    req.limits
-        .iter()
-        .filter(|(queue, _)| {
-            req.queues
-                .as_ref()
-                .is_none_or(|served| served.iter().any(|q| q == *queue))
-        })
-        .map(|(queue, limit)| (queue.clone(), json!(limit)))
+    req.served_limits()
+        .map(|(queue, limit)| (queue.to_owned(), json!(limit)))
         .collect()
 }
 
