@@ -519,6 +519,7 @@ impl Engine {
             store: self.store.clone(),
             default_io: self.default_io.clone(),
             worker: WorkerId::for_this_process(),
+            held: Default::default(),
         });
         let opts = WorkerOptions {
             max_parallel,
@@ -598,6 +599,7 @@ impl Engine {
             store: self.store.clone(),
             default_io: self.default_io.clone(),
             worker: WorkerId::for_this_process(),
+            held: Default::default(),
         });
         let opts = WorkerOptions { run: None, ..opts };
         worker::run_loop(shared, opts, stop, progress).await?;

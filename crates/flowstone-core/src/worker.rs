@@ -17,7 +17,7 @@
 //! at most once per step.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -109,9 +109,30 @@ pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
     pub default_io: Arc<dyn IoManager>,
     pub worker: WorkerId,
+    /// Steps this loop claimed and has not yet recorded or handed back. Its
+    /// heartbeat hands back the worker's running steps that are not held
+    /// here (claims whose answer was lost), see [`Store::release_unknown`].
+    pub held: Mutex<HashSet<StepId>>,
 }
 
 impl Shared {
+    fn hold(&self, step: StepId) {
+        self.held_steps().insert(step);
+    }
+
+    fn let_go(&self, steps: impl IntoIterator<Item = StepId>) {
+        let mut held = self.held_steps();
+        for step in steps {
+            held.remove(&step);
+        }
+    }
+
+    fn held_steps(&self) -> std::sync::MutexGuard<'_, HashSet<StepId>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn io_for(&self, def: &AssetDef) -> Arc<dyn IoManager> {
         self.defs
             .io_manager(&def.io_manager)
@@ -123,43 +144,6 @@ impl Shared {
 enum Finished {
     Done(Box<Completion>),
     Failed(Failure),
-}
-
-/// Steps claimed by the loops of this process and not yet recorded or handed
-/// back, with how many loops hold each (normally one). A loop's heartbeat
-/// hands back its worker's running steps that are not held here (claims whose
-/// answer was lost), see [`Store::release_unknown`]; one set for the process
-/// serves every loop, since each names its own worker in that call.
-static HELD: LazyLock<Mutex<HashMap<StepId, usize>>> = LazyLock::new(Default::default);
-
-fn hold(steps: impl IntoIterator<Item = StepId>) {
-    let mut held = HELD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for step in steps {
-        *held.entry(step).or_default() += 1;
-    }
-}
-
-fn let_go(steps: impl IntoIterator<Item = StepId>) {
-    let mut held = HELD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for step in steps {
-        if let Some(n) = held.get_mut(&step) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&step);
-            }
-        }
-    }
-}
-
-fn held() -> Vec<StepId> {
-    let held = HELD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    held.keys().copied().collect()
 }
 
 /// Runs the worker loop until the run is done or `stop` says so.
@@ -184,7 +168,7 @@ pub(crate) async fn run_loop(
         heartbeat_at: Timestamp::now(),
     };
     store.register_worker(&record).await?;
-    let heartbeat = spawn_heartbeat(store.clone(), record, &opts);
+    let heartbeat = spawn_heartbeat(shared.clone(), record, &opts);
 
     let result = claim_work_commit(&shared, &opts, &mut stop, &progress).await;
 
@@ -198,13 +182,14 @@ pub(crate) async fn run_loop(
 /// Renews the worker's claims and heartbeat every `opts.heartbeat`; registers
 /// the worker again if the leader forgot it after a long silence.
 fn spawn_heartbeat(
-    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
     record: WorkerRecord,
     opts: &WorkerOptions,
 ) -> tokio::task::JoinHandle<()> {
     let every = opts.heartbeat;
     let lease = opts.lease;
     tokio::spawn(async move {
+        let store = &shared.store;
         let worker = &record.id;
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;
@@ -212,7 +197,7 @@ fn spawn_heartbeat(
             ticker.tick().await;
             let now = Timestamp::now();
             match store.heartbeat(worker, now, lease).await {
-                Ok(true) => release_unknown(store.as_ref(), worker, now, lease).await,
+                Ok(true) => release_unknown(&shared, now, lease).await,
                 Ok(false) => {
                     tracing::warn!(worker = %worker, "worker was forgotten; registering again");
                     let again = WorkerRecord {
@@ -229,18 +214,16 @@ fn spawn_heartbeat(
     })
 }
 
-/// Hands back the worker's running steps that no loop of this process holds
-/// and that were claimed more than half a lease ago (a claim still on its way
-/// back to its loop is younger).
-async fn release_unknown(
-    store: &dyn Store,
-    worker: &WorkerId,
-    now: Timestamp,
-    lease: SignedDuration,
-) {
+/// Hands back the worker's running steps that its loop does not hold and
+/// that were claimed more than half a lease ago (a claim still on its way
+/// back to the loop is younger).
+async fn release_unknown(shared: &Shared, now: Timestamp, lease: SignedDuration) {
+    let worker = &shared.worker;
     let claimed_before = now - lease / 2;
-    match store
-        .release_unknown(worker, &held(), claimed_before, now)
+    let held: Vec<StepId> = shared.held_steps().iter().copied().collect();
+    match shared
+        .store
+        .release_unknown(worker, &held, claimed_before, now)
         .await
     {
         Ok(released) if !released.is_empty() => tracing::warn!(
@@ -332,7 +315,7 @@ async fn claim_work_commit(
                     while tasks.join_next().await.is_some() {}
                     let released = release_own(store.as_ref(), &shared.worker, opts.run)
                         .await?;
-                    let_go(running.values().map(|(step, _)| step.id));
+                    shared.let_go(running.values().map(|(step, _)| step.id));
                     tracing::info!(worker = %shared.worker, steps = released.len(),
                                    "released running steps");
                     return Ok(LoopEnd::Stopped);
@@ -382,7 +365,7 @@ async fn claim_work_commit(
         if !failed.is_empty() {
             seen.failed += failed.iter().filter(|f| f.retry_at.is_none()).count() as u64;
             retry("fail", stop, || store.fail(failed.clone())).await?;
-            let_go(failed.iter().map(|f| f.step));
+            shared.let_go(failed.iter().map(|f| f.step));
         }
         if !done.is_empty() {
             // Completions and the next claim share one store call (one
@@ -398,7 +381,7 @@ async fn claim_work_commit(
                 store.complete_and_claim(done.clone(), next.clone())
             })
             .await?;
-            let_go(done.iter().map(|c| c.step));
+            shared.let_go(done.iter().map(|c| c.step));
             seen.recorded += outcomes
                 .iter()
                 .filter(|o| matches!(o, crate::store::Outcome::Recorded(_)))
@@ -559,7 +542,7 @@ async fn spawn_claimed(
         let started = Timestamp::now();
         let task = execute(shared.clone(), step.clone(), upstream, started);
         let handle = tasks.spawn(task);
-        hold([step.id]);
+        shared.hold(step.id);
         running.insert(handle.id(), (step, started));
     }
 }
