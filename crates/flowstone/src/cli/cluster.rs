@@ -126,8 +126,10 @@ pub(crate) async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<u8, Failure> {
         flowstone_core::host_name(),
         ctx.store_location,
     );
+    // Listening before the work starts: an early SIGTERM stops it cleanly.
+    let mut interrupts = Interrupts::new();
     let (stop, task) = spawn_maintenance(ctx, &args.maintenance);
-    Interrupts::new().recv().await;
+    interrupts.recv().await;
     stop.send_replace(Stop::Drain);
     let _ = task.await;
     eprintln!("daemon stopped");

@@ -355,6 +355,9 @@ impl Ctx {
                 .map_or_else(flowstone_core::default_parallelism, usize::from),
             ..flowstone_server::ServeOptions::default()
         };
+        // Listen for signals before the port answers, so that a SIGTERM sent
+        // as soon as it does stops the server cleanly rather than killing it.
+        let mut interrupts = progress::Interrupts::new();
         let server = flowstone_server::Server::start(self.engine, options)
             .await
             .map_err(|err| match err {
@@ -369,7 +372,6 @@ impl Ctx {
             server.addr(),
             self.store_location
         );
-        let mut interrupts = progress::Interrupts::new();
         server
             .run_until(interrupts.recv())
             .await
