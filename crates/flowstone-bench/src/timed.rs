@@ -14,6 +14,7 @@ use flowstone::store::{
     MaterializationRecord, NewEvent, NewRun, Outcome, PartitionRecord, Rescued, RunRecord,
     RunState, StepCounts, StepRecord, StoreResult, WorkerRecord,
 };
+use flowstone::token::{NewToken, TokenRecord};
 use flowstone::{
     AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, Store, WorkerId,
 };
@@ -206,6 +207,30 @@ impl Store for TimedStore {
             self.inner.deregister_worker(worker),
         )
         .await
+    }
+
+    async fn create_token(&self, token: NewToken) -> StoreResult<TokenRecord> {
+        self.inner.create_token(token).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.inner.tokens().await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        self.inner.token_by_hash(hash).await
+    }
+
+    async fn has_active_tokens(&self, now: Timestamp) -> StoreResult<bool> {
+        self.inner.has_active_tokens(now).await
+    }
+
+    async fn revoke_token(&self, name: &str, now: Timestamp) -> StoreResult<Option<TokenRecord>> {
+        self.inner.revoke_token(name, now).await
+    }
+
+    async fn token_used(&self, id: i64, now: Timestamp) -> StoreResult<()> {
+        self.inner.token_used(id, now).await
     }
 
     async fn run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {

@@ -139,6 +139,9 @@ pub const CASES: &[Case] = &[
     ("release_unknown_hands_back_lost_claims", |s| {
         Box::pin(release_unknown_hands_back_lost_claims(s))
     }),
+    ("tokens_by_hash_revoked_and_renamed", |s| {
+        Box::pin(tokens_by_hash_revoked_and_renamed(s))
+    }),
 ];
 
 /// Runs every case, each against a fresh store from `factory`.
@@ -2695,4 +2698,114 @@ pub async fn release_unknown_hands_back_lost_claims(store: Arc<dyn Store>) {
         .await
         .must("complete");
     assert_eq!(outcomes, vec![Outcome::Fenced]);
+}
+
+/// API tokens: found by hash until revoked; a name is unique among tokens
+/// not revoked and free again once its token is; expiry is the caller's to
+/// judge but `has_active_tokens` counts it; a use is noted.
+pub async fn tokens_by_hash_revoked_and_renamed(store: Arc<dyn Store>) {
+    use crate::token::{TokenRight, generate, hash};
+
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let hour = SignedDuration::from_hours(1);
+    assert!(store.tokens().await.unwrap().is_empty());
+    assert!(
+        !store.has_active_tokens(now).await.unwrap(),
+        "an empty store has no active token"
+    );
+
+    let (ci, ci_secret) = generate("ci", TokenRight::Launch, None, now).unwrap();
+    let created = store.create_token(ci.clone()).await.unwrap();
+    assert_eq!(created.name, "ci");
+    assert_eq!(created.right, TokenRight::Launch);
+    assert_eq!(created.prefix, ci.prefix);
+    assert_eq!(created.created_at, now);
+    assert_eq!(created.expires_at, None);
+    assert_eq!(created.revoked_at, None);
+    assert!(store.has_active_tokens(now).await.unwrap());
+
+    let found = store
+        .token_by_hash(&hash(ci_secret.expose()))
+        .await
+        .unwrap()
+        .expect("a token is found by the hash of its secret");
+    assert_eq!(found, created);
+    assert_eq!(store.token_by_hash(&hash("fst_wrong")).await.unwrap(), None);
+
+    // A second token with the name is refused while the first is live.
+    let (again, _) = generate("ci", TokenRight::Read, None, now).unwrap();
+    match store.create_token(again.clone()).await {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("\"ci\""), "{message}"),
+        other => panic!("a second live token named ci must conflict, got {other:?}"),
+    }
+
+    // An expiring token: found by hash (the caller judges expiry), active
+    // before it expires and not after.
+    let (temp, temp_secret) = generate(
+        "temp",
+        TokenRight::Read,
+        Some(now + hour),
+        now + SignedDuration::from_secs(1),
+    )
+    .unwrap();
+    let temp = store.create_token(temp).await.unwrap();
+    assert_eq!(temp.expires_at, Some(now + hour));
+    let listed: Vec<String> = store
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(listed, ["temp", "ci"], "tokens are listed newest first");
+
+    store.token_used(created.id, now + hour).await.unwrap();
+    let used = store
+        .token_by_hash(&hash(ci_secret.expose()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.last_used_at, Some(now + hour));
+
+    // Revoking: the token is no longer found, its name is free again.
+    let revoked = store
+        .revoke_token("ci", now + hour)
+        .await
+        .unwrap()
+        .expect("ci is revoked");
+    assert_eq!(revoked.revoked_at, Some(now + hour));
+    assert_eq!(
+        store
+            .token_by_hash(&hash(ci_secret.expose()))
+            .await
+            .unwrap(),
+        None,
+        "a revoked token is not found"
+    );
+    assert_eq!(store.revoke_token("ci", now + hour).await.unwrap(), None);
+    assert_eq!(store.revoke_token("nobody", now).await.unwrap(), None);
+    assert!(
+        store.has_active_tokens(now).await.unwrap(),
+        "temp is active"
+    );
+    assert!(
+        !store.has_active_tokens(now + hour).await.unwrap(),
+        "temp has expired and ci is revoked"
+    );
+    let renewed = store.create_token(again).await.unwrap();
+    assert_eq!(renewed.right, TokenRight::Read);
+    assert!(
+        store
+            .token_by_hash(&hash(temp_secret.expose()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let all = store.tokens().await.unwrap();
+    assert_eq!(all.len(), 3, "revoked tokens stay listed: {all:?}");
+    assert_eq!(
+        all.iter().filter(|t| t.revoked_at.is_some()).count(),
+        1,
+        "{all:?}"
+    );
 }

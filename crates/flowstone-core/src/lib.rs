@@ -20,6 +20,7 @@ pub mod plan;
 pub mod query;
 pub mod slots;
 pub mod store;
+pub mod token;
 pub mod value;
 mod worker;
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{
     AssetKey, AssetPartition, EventId, MaterializationId, PartitionKey, RunId, StepId, WorkerId,
 };
+use crate::token::{NewToken, TokenRecord};
 
 /// What went wrong inside a store.
 #[derive(Debug, thiserror::Error)]
@@ -844,6 +845,30 @@ pub trait Store: Send + Sync + 'static {
     async fn workers(&self) -> StoreResult<Vec<WorkerRecord>>;
 
     async fn deregister_worker(&self, worker: &WorkerId) -> StoreResult<()>;
+
+    // -- API tokens ---------------------------------------------------------
+
+    /// Stores a new token ([`crate::token::generate`] makes one).
+    /// [`StoreError::Conflict`] when a token that is not revoked has its
+    /// name (a revoked token's name may be used again).
+    async fn create_token(&self, token: NewToken) -> StoreResult<TokenRecord>;
+
+    /// Every token, revoked and expired ones too, newest first.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+    /// The token whose secret has this hash ([`crate::token::hash`]), unless
+    /// it is revoked; an expired one is returned too (the caller decides).
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
+
+    /// Whether some token is neither revoked nor expired at `now`.
+    async fn has_active_tokens(&self, now: Timestamp) -> StoreResult<bool>;
+
+    /// Revokes the token named `name` that is not revoked yet; returns it as
+    /// revoked, or `None` when there is none.
+    async fn revoke_token(&self, name: &str, now: Timestamp) -> StoreResult<Option<TokenRecord>>;
+
+    /// Notes that the token `id` was presented at `now`.
+    async fn token_used(&self, id: i64, now: Timestamp) -> StoreResult<()>;
 
     // -- reading runs -----------------------------------------------------
 

@@ -30,6 +30,7 @@ mod maintain;
 mod read;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tokens;
 mod url;
 mod write;
 
@@ -42,6 +43,7 @@ use flowstone_core::store::{
     MaterializationRecord, NewEvent, NewRun, Notice, Outcome, PartitionRecord, Rescued, RunRecord,
     RunState, StepCounts, StepRecord, StoreError, StoreResult, WorkerRecord,
 };
+use flowstone_core::token::{NewToken, TokenRecord};
 use flowstone_core::{
     AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, Store, WorkerId,
 };
@@ -295,6 +297,30 @@ impl Store for PostgresStore {
 
     async fn deregister_worker(&self, worker: &WorkerId) -> StoreResult<()> {
         self.write_deregister_worker(worker).await
+    }
+
+    async fn create_token(&self, token: NewToken) -> StoreResult<TokenRecord> {
+        self.write_create_token(token).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.read_tokens().await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        self.read_token_by_hash(hash).await
+    }
+
+    async fn has_active_tokens(&self, now: Timestamp) -> StoreResult<bool> {
+        self.read_has_active_tokens(now).await
+    }
+
+    async fn revoke_token(&self, name: &str, now: Timestamp) -> StoreResult<Option<TokenRecord>> {
+        self.write_revoke_token(name, now).await
+    }
+
+    async fn token_used(&self, id: i64, now: Timestamp) -> StoreResult<()> {
+        self.write_token_used(id, now).await
     }
 
     async fn run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {

@@ -76,4 +76,5 @@ cases!(
     claims_serve_only_their_queues,
     run_caps_hold_across_claimers,
     release_unknown_hands_back_lost_claims,
+    tokens_by_hash_revoked_and_renamed,
 );

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,8 @@ use flowstone_core::asset::AssetDef;
 use flowstone_core::query::Direction;
 use flowstone_core::store::{EventRecord, MaterializationRecord};
 use flowstone_core::{
-    AssetKey, EventId, Launch, MaterializationId, PartitionSelection, RunId, RunRequest, Trigger,
+    AssetKey, Engine, EventId, Launch, MaterializationId, PartitionSelection, RunId, RunRequest,
+    Trigger,
 };
 use flowstone_partitions::PartitionKeyError;
 use jiff::Timestamp;
@@ -29,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::feed::{ClientStream, Filter};
 use crate::status::{AssetView, Snapshot};
@@ -569,13 +571,16 @@ struct ResumeQuery {
 
 async fn resume(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<ResumeQuery>, QueryRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = run_id(id)?;
     let Query(query) = query?;
     let parallel = max_parallel(query.max_parallel)?;
-    let handle = state.engine().resume(id, parallel).await?;
+    let principal = principal.map(|Extension(p)| p);
+    let engine = acting_engine(&state, principal.as_ref());
+    let handle = engine.resume(id, parallel).await?;
     state.inner.runs.adopt(handle);
     state.inner.feed.wake();
     Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": id }))))
@@ -722,13 +727,25 @@ fn check_range(
     Ok(())
 }
 
+/// The engine that acts for a request: runs it launches or resumes are
+/// recorded as started by its token (`token:NAME`), or by the server's user
+/// when no token is needed.
+pub(crate) fn acting_engine(state: &AppState, principal: Option<&Principal>) -> Engine {
+    let engine = state.engine().clone();
+    match principal {
+        Some(principal) => engine.with_user(format!("token:{}", principal.name)),
+        None => engine,
+    }
+}
+
 /// Launches a run and works on it in this process.
 pub(crate) async fn launch_run(
     state: &AppState,
+    principal: Option<&Principal>,
     request: LaunchRequest,
 ) -> ApiResult<(StatusCode, Value)> {
     let request = request.into_run_request(state)?;
-    match state.engine().launch(request).await? {
+    match acting_engine(state, principal).launch(request).await? {
         Launch::NothingToDo { plan } => Ok((
             StatusCode::OK,
             json!({
@@ -759,10 +776,12 @@ pub(crate) async fn launch_run(
 
 async fn launch(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     body: Result<Json<LaunchRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(body) = body?;
-    let (status, value) = launch_run(&state, body).await?;
+    let principal = principal.map(|Extension(p)| p);
+    let (status, value) = launch_run(&state, principal.as_ref(), body).await?;
     Ok((status, Json(value)))
 }
 

@@ -1,24 +1,38 @@
-//! API tokens: given by configuration, kept only as blake3 hashes in memory.
+//! API tokens: made with `tokens create` and kept in the store as hashes,
+//! or given by configuration (`FLOWSTONE_API_TOKENS`) and kept only as
+//! hashes in memory.
 //!
 //! A token is sent as `Authorization: Bearer TOKEN`, or as the session cookie
 //! that signing in on the dashboard sets (the same token, `HttpOnly`,
-//! `SameSite=Strict`). With no token configured the server accepts every
+//! `SameSite=Strict`). With no token anywhere the server accepts every
 //! request, which [`crate::ServeOptions::check`] allows only on a loopback
-//! address. With tokens configured, every request but the health check, the
-//! sign-in page and the static files needs a valid one, and every request
-//! that changes something (any method but GET and HEAD) needs a token with
-//! the [`Right::Launch`] right.
+//! address. Once a token exists (in the store or the configuration), every
+//! request but the health check, the sign-in page and the static files needs
+//! a valid one, and every request that changes something (any method but GET
+//! and HEAD) needs a token with the [`Right::Launch`] right.
 //!
-//! Tokens are compared by hash (blake3's `Hash` compares in constant time),
-//! so the secrets themselves are dropped once the server has started.
+//! A token from the store is looked up by hash on every request, so creating
+//! or revoking one with the CLI takes effect at once, in every server that
+//! shares the store; whether any token exists is asked at most once a second.
+//! A request that passes carries its [`Principal`] in its extensions: runs
+//! it launches are recorded as started by the token's name.
+//!
+//! Configured tokens are compared by hash (blake3's `Hash` compares in
+//! constant time), so the secrets themselves are dropped once the server has
+//! started.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use flowstone_core::Store;
+use flowstone_core::store::StoreResult;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -27,22 +41,7 @@ use crate::error::ApiError;
 pub const COOKIE: &str = "flowstone_token";
 
 /// What a token lets its holder do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Right {
-    /// Read everything.
-    Read,
-    /// Read, and launch, cancel and resume runs.
-    Launch,
-}
-
-impl fmt::Display for Right {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Right::Read => "read",
-            Right::Launch => "launch",
-        })
-    }
-}
+pub use flowstone_core::token::TokenRight as Right;
 
 /// A token specification that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,6 +60,117 @@ pub struct TokenSpecError {
 #[derive(Clone, Default)]
 pub struct Tokens {
     hashes: Vec<(blake3::Hash, Right)>,
+}
+
+/// Who a request comes from, once its token is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's name, or `FLOWSTONE_API_TOKENS[N]` for a configured one.
+    pub name: String,
+    pub right: Right,
+}
+
+/// What checking a request's token found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// No token exists anywhere and the server is on loopback: anyone may.
+    Open,
+    /// A valid token.
+    Valid(Principal),
+    /// Tokens exist and the request presents none that is valid.
+    Refused,
+}
+
+/// Checks tokens against the configured ones and the store's.
+pub(crate) struct Auth {
+    configured: Tokens,
+    store: Arc<dyn Store>,
+    /// On loopback, the server is open while no token exists; elsewhere never.
+    may_be_open: bool,
+    /// Whether a store token existed, and when that was asked.
+    any_stored: Mutex<Option<(Instant, bool)>>,
+    /// When each store token's use was last written down.
+    noted: Mutex<HashMap<i64, Instant>>,
+}
+
+/// How long the answer to "does any token exist?" is kept.
+const ANY_STORED_FOR: Duration = Duration::from_secs(1);
+
+/// How often a token's `last_used_at` is written at most.
+const NOTE_USE_EVERY: Duration = Duration::from_secs(60);
+
+impl Auth {
+    pub(crate) fn new(configured: Tokens, store: Arc<dyn Store>, loopback: bool) -> Self {
+        Auth {
+            configured,
+            store,
+            may_be_open: loopback,
+            any_stored: Mutex::new(None),
+            noted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What a request presenting `secret` (or none) may do.
+    pub(crate) async fn check(&self, secret: Option<&str>) -> StoreResult<Verdict> {
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            if let Some((index, right)) = self.configured.find(secret) {
+                let name = format!("FLOWSTONE_API_TOKENS[{index}]");
+                return Ok(Verdict::Valid(Principal { name, right }));
+            }
+            let now = jiff::Timestamp::now();
+            let hash = flowstone_core::token::hash(secret);
+            if let Some(token) = self.store.token_by_hash(&hash).await?
+                && token.is_active(now)
+            {
+                self.note_use(token.id, now).await;
+                return Ok(Verdict::Valid(Principal {
+                    name: token.name,
+                    right: token.right,
+                }));
+            }
+        }
+        if self.is_open().await? {
+            Ok(Verdict::Open)
+        } else {
+            Ok(Verdict::Refused)
+        }
+    }
+
+    /// Whether no token exists anywhere and the server is on loopback.
+    async fn is_open(&self) -> StoreResult<bool> {
+        if !self.may_be_open || !self.configured.is_empty() {
+            return Ok(false);
+        }
+        let cached = *self.any_stored.lock().expect("no panic while held");
+        let any = match cached {
+            Some((at, any)) if at.elapsed() < ANY_STORED_FOR => any,
+            _ => {
+                let any = self.store.has_active_tokens(jiff::Timestamp::now()).await?;
+                *self.any_stored.lock().expect("no panic while held") = Some((Instant::now(), any));
+                any
+            }
+        };
+        Ok(!any)
+    }
+
+    /// Writes down a token's use, at most once a minute per token; a failure
+    /// to write is logged, not fatal to the request.
+    async fn note_use(&self, id: i64, now: jiff::Timestamp) {
+        {
+            let mut noted = self.noted.lock().expect("no panic while held");
+            if noted
+                .get(&id)
+                .is_some_and(|at| at.elapsed() < NOTE_USE_EVERY)
+            {
+                return;
+            }
+            noted.insert(id, Instant::now());
+        }
+        if let Err(err) = self.store.token_used(id, now).await {
+            tracing::warn!(target: "flowstone::server", error = %err,
+                           "cannot note a token's use");
+        }
+    }
 }
 
 impl fmt::Debug for Tokens {
@@ -93,12 +203,17 @@ impl Tokens {
 
     /// The right a presented secret carries, if it is a configured token.
     pub fn right_of(&self, secret: &str) -> Option<Right> {
+        self.find(secret).map(|(_, right)| right)
+    }
+
+    /// The position (from 1) and right of the configured token `secret` is.
+    fn find(&self, secret: &str) -> Option<(usize, Right)> {
         let presented = blake3::hash(secret.as_bytes());
         // Every hash is compared, so the time taken does not say which matched.
-        let mut found = None;
-        for (hash, right) in &self.hashes {
-            if *hash == presented {
-                found = found.max(Some(*right));
+        let mut found: Option<(usize, Right)> = None;
+        for (i, (hash, right)) in self.hashes.iter().enumerate() {
+            if *hash == presented && found.is_none_or(|(_, r)| *right > r) {
+                found = Some((i + 1, *right));
             }
         }
         found
@@ -120,11 +235,9 @@ impl FromStr for Tokens {
                 reason,
             };
             let (right, secret) = item.split_once(':').ok_or_else(|| fail("it has no `:`"))?;
-            let right = match right.trim() {
-                "read" => Right::Read,
-                "launch" => Right::Launch,
-                _ => return Err(fail("its right is neither `read` nor `launch`")),
-            };
+            let right = right
+                .parse::<Right>()
+                .map_err(|_| fail("its right is neither `read` nor `launch`"))?;
             if secret.chars().count() < 16 {
                 return Err(fail("its secret is shorter than 16 characters"));
             }
@@ -163,11 +276,10 @@ fn is_public(path: &str) -> bool {
 /// The middleware in front of every route.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let tokens = &state.inner.tokens;
-    if tokens.is_empty() || is_public(request.uri().path()) {
+    if is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let needs = if matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -175,15 +287,23 @@ pub(crate) async fn require_token(
     } else {
         Right::Launch
     };
-    let right = presented(&request).and_then(|secret| tokens.right_of(secret));
-    match right {
-        Some(right) if right >= needs => next.run(request).await,
-        Some(right) => ApiError::Forbidden(format!(
-            "this token has the {right} right; this request needs a token with the {needs} right"
+    let verdict = match state.inner.auth.check(presented(&request)).await {
+        Ok(verdict) => verdict,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    match verdict {
+        Verdict::Open => next.run(request).await,
+        Verdict::Valid(principal) if principal.right >= needs => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Verdict::Valid(principal) => ApiError::Forbidden(format!(
+            "the token {} has the {} right; this request needs a token with the {needs} right",
+            principal.name, principal.right
         ))
         .into_response(),
-        None if wants_page(&request) => Redirect::to("/login").into_response(),
-        None => ApiError::Unauthorized.into_response(),
+        Verdict::Refused if wants_page(&request) => Redirect::to("/login").into_response(),
+        Verdict::Refused => ApiError::Unauthorized.into_response(),
     }
 }
 

@@ -34,7 +34,7 @@ use flowstone_core::{Engine, EngineError, Stop};
 use tokio::sync::watch;
 
 pub use api::{LaunchRequest, api_routes};
-pub use auth::{Right, TokenSpecError, Tokens};
+pub use auth::{Principal, Right, TokenSpecError, Tokens};
 pub use error::ApiError;
 pub use feed::EventFeed;
 
@@ -68,8 +68,8 @@ impl Default for ServeOptions {
 pub enum ServeError {
     #[error(
         "refusing to serve on {0} without an API token: anyone who can reach that address \
-         could launch runs; bind to 127.0.0.1 (the default), or set FLOWSTONE_API_TOKENS, \
-         e.g. FLOWSTONE_API_TOKENS=launch:$(openssl rand -hex 16)"
+         could launch runs; bind to 127.0.0.1 (the default), or create a token first with \
+         `tokens create NAME --right launch` (or set FLOWSTONE_API_TOKENS)"
     )]
     OpenWithoutToken(SocketAddr),
     #[error("cannot listen on {addr}: {source}")]
@@ -80,20 +80,26 @@ pub enum ServeError {
     },
     #[error("the server stopped: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot read the API tokens: {0}")]
+    Store(#[from] flowstone_core::StoreError),
 }
 
 impl ServeOptions {
-    /// Checks the options before anything starts.
+    /// Checks the options against the store before anything starts.
     ///
     /// # Errors
     ///
     /// [`ServeError::OpenWithoutToken`] for an address other than loopback
-    /// with no token configured.
-    pub fn check(&self) -> Result<(), ServeError> {
-        if !self.bind.ip().is_loopback() && self.tokens.is_empty() {
-            return Err(ServeError::OpenWithoutToken(self.bind));
+    /// with no token configured and none in the store; [`ServeError::Store`]
+    /// when the store cannot say.
+    pub async fn check(&self, store: &dyn flowstone_core::Store) -> Result<(), ServeError> {
+        if self.bind.ip().is_loopback() || !self.tokens.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        if store.has_active_tokens(jiff::Timestamp::now()).await? {
+            return Ok(());
+        }
+        Err(ServeError::OpenWithoutToken(self.bind))
     }
 }
 
@@ -105,7 +111,7 @@ pub struct AppState {
 
 struct Inner {
     engine: Engine,
-    tokens: Tokens,
+    auth: auth::Auth,
     feed: EventFeed,
     status: status::StatusCache,
     layouts: graph::LayoutCache,
@@ -113,13 +119,20 @@ struct Inner {
 }
 
 impl AppState {
-    /// State for a router; the feed must already be started.
+    /// State for a router on a loopback address (open to every request
+    /// while no token exists); the feed must already be started.
     pub fn new(engine: Engine, tokens: Tokens, feed: EventFeed) -> Self {
+        Self::bound(engine, tokens, feed, true)
+    }
+
+    /// State for a router; on an address other than loopback every request
+    /// needs a token, even when none exists.
+    fn bound(engine: Engine, tokens: Tokens, feed: EventFeed, loopback: bool) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 runs: runs::Runs::new(feed.clone()),
+                auth: auth::Auth::new(tokens, engine.store().clone(), loopback),
                 engine,
-                tokens,
                 feed,
                 status: status::StatusCache::default(),
                 layouts: graph::LayoutCache::default(),
@@ -185,7 +198,7 @@ impl Server {
     /// Options that [`ServeOptions::check`] refuses, or an address that
     /// cannot be bound.
     pub async fn start(engine: Engine, options: ServeOptions) -> Result<Server, ServeError> {
-        options.check()?;
+        options.check(engine.store().as_ref()).await?;
         let listener = tokio::net::TcpListener::bind(options.bind)
             .await
             .map_err(|source| ServeError::Bind {
@@ -198,7 +211,13 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let (feed, feed_task) =
             EventFeed::start(engine.store().clone(), options.feed_every, stop_rx.clone()).await;
-        let state = AppState::new(engine.clone(), options.tokens.clone(), feed.clone());
+        let loopback = options.bind.ip().is_loopback();
+        let state = AppState::bound(
+            engine.clone(),
+            options.tokens.clone(),
+            feed.clone(),
+            loopback,
+        );
         let mut tasks = vec![feed_task];
         tasks.push(spawn_maintenance(engine.clone(), stop_rx.clone()));
         if options.worker {

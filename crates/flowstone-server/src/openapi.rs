@@ -73,9 +73,11 @@ pub fn document() -> Value {
             "version": "1",
             "description": "Assets, partitions, materializations, lineage and runs of a \
                 FlowStone code location, and a live event stream. Errors are \
-                `{\"error\": {\"code\", \"message\"}}` with a stable code. With tokens \
-                configured, send `Authorization: Bearer TOKEN`; without one every request but \
-                `/api/v1/health` gets 401 (`unauthorized`)."
+                `{\"error\": {\"code\", \"message\"}}` with a stable code. Once an API token \
+                exists (`tokens create NAME --right read|launch`), send `Authorization: Bearer \
+                TOKEN`; without a valid one every request but `/api/v1/health` gets 401 \
+                (`unauthorized`), and launching, cancelling or resuming with a `read` token \
+                gets 403 (`forbidden`)."
         },
         "components": {
             "securitySchemes": {

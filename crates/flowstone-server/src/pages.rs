@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::Router;
 use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::api::LaunchRequest;
+use crate::auth::{Principal, Verdict};
 use crate::error::{ApiError, ApiResult};
 use crate::graph::{Grouping, NodeInfo, NodeState, ViewNode};
 
@@ -899,6 +900,7 @@ fn to_run(headers: &HeaderMap, run: Option<&str>, back: &str) -> Response {
 
 async fn materialize(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     form: Result<Form<MaterializeForm>, FormRejection>,
@@ -916,7 +918,8 @@ async fn materialize(
         partitions,
         ..LaunchRequest::default()
     };
-    let (_, body) = crate::api::launch_run(&state, request).await?;
+    let principal = principal.map(|Extension(p)| p);
+    let (_, body) = crate::api::launch_run(&state, principal.as_ref(), request).await?;
     Ok(to_run(
         &headers,
         body["run_id"].as_str(),
@@ -926,6 +929,7 @@ async fn materialize(
 
 async fn backfill(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     form: Result<Form<BackfillForm>, FormRejection>,
@@ -944,7 +948,8 @@ async fn backfill(
         stale: form.stale.is_some(),
         ..LaunchRequest::default()
     };
-    let (_, body) = crate::api::launch_run(&state, request).await?;
+    let principal = principal.map(|Extension(p)| p);
+    let (_, body) = crate::api::launch_run(&state, principal.as_ref(), request).await?;
     Ok(to_run(
         &headers,
         body["run_id"].as_str(),
@@ -1200,12 +1205,16 @@ async fn login(
         return (StatusCode::BAD_REQUEST, login_form(Some("Give a token."))).into_response();
     };
     let token = form.token.trim();
-    if state.inner.tokens.right_of(token).is_none() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            login_form(Some("That token is not valid here.")),
-        )
-            .into_response();
+    match state.inner.auth.check(Some(token)).await {
+        Ok(Verdict::Valid(_)) => {}
+        Ok(Verdict::Open | Verdict::Refused) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                login_form(Some("That token is not valid here.")),
+            )
+                .into_response();
+        }
+        Err(err) => return ApiError::from(err).into_response(),
     }
     let cookie = format!(
         "{}={token}; HttpOnly; SameSite=Strict; Path=/",

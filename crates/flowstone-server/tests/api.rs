@@ -8,7 +8,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use flowstone_core::{AssetBuilder, Definitions, Engine, MemoryIoManager, Store};
+use flowstone_core::token::generate;
+use flowstone_core::{AssetBuilder, Definitions, Engine, MemoryIoManager, RunId, Store};
 use flowstone_partitions::TimeWindowPartitions;
 use flowstone_server::{AppState, EventFeed, Right, Tokens};
 use http_body_util::BodyExt;
@@ -882,23 +883,162 @@ async fn tokens_guard_every_route_and_launch_needs_the_right() {
     app.state.drain_runs().await;
 }
 
-#[test]
-fn open_address_without_a_token_is_refused() {
+#[tokio::test]
+async fn open_address_without_a_token_is_refused() {
+    let store = flowstone_sqlite::SqliteStore::in_memory().await.unwrap();
     let options = flowstone_server::ServeOptions {
         bind: "0.0.0.0:3000".parse().unwrap(),
         ..Default::default()
     };
-    let err = options.check().unwrap_err().to_string();
+    let err = options.check(&store).await.unwrap_err().to_string();
     assert!(
-        err.contains("0.0.0.0:3000") && err.contains("FLOWSTONE_API_TOKENS"),
+        err.contains("0.0.0.0:3000") && err.contains("tokens create"),
         "{err}"
     );
     let with_token = flowstone_server::ServeOptions {
         tokens: Tokens::none().with("launch-secret-0123456789", Right::Launch),
-        ..options
+        ..options.clone()
     };
-    assert!(with_token.check().is_ok());
-    assert!(flowstone_server::ServeOptions::default().check().is_ok());
+    assert!(with_token.check(&store).await.is_ok());
+    assert!(
+        flowstone_server::ServeOptions::default()
+            .check(&store)
+            .await
+            .is_ok()
+    );
+
+    // A token in the store is enough, as long as it is not revoked.
+    let now = jiff::Timestamp::now();
+    let (token, _) = generate("ci", Right::Read, None, now).unwrap();
+    store.create_token(token).await.unwrap();
+    assert!(options.check(&store).await.is_ok());
+    store.revoke_token("ci", now).await.unwrap();
+    assert!(options.check(&store).await.is_err());
+}
+
+/// Tokens made with the CLI live in the store: they close an open server
+/// within a second, work at once, carry their name into the runs they
+/// launch, and stop working the moment they are revoked or expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_tokens_take_effect_at_once() {
+    let app = app().await;
+    let store = app.state.engine().store().clone();
+    let bearer = |method: Method, uri: &str, token: Option<&str>| {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({ "assets": ["config"] }).to_string()))
+            .unwrap()
+    };
+    let (status, _) = app.get("/api/v1/assets").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "no token anywhere: open on loopback"
+    );
+
+    let now = jiff::Timestamp::now();
+    let (reader, read) = generate("dashboard", Right::Read, None, now).unwrap();
+    let (launcher, launch) = generate("ci", Right::Launch, None, now).unwrap();
+    let (old, expired) = generate(
+        "old",
+        Right::Launch,
+        Some(now + jiff::SignedDuration::from_millis(300)),
+        now,
+    )
+    .unwrap();
+    for token in [reader, launcher, old] {
+        store.create_token(token).await.unwrap();
+    }
+    // Whether any token exists is asked at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    error(
+        app.send(bearer(Method::GET, "/api/v1/assets", None)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    error(
+        app.send(bearer(
+            Method::GET,
+            "/api/v1/assets",
+            Some(expired.expose()),
+        ))
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let (status, _) = app
+        .send(bearer(Method::GET, "/api/v1/assets", Some(read.expose())))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let message = error(
+        app.send(bearer(Method::POST, "/api/v1/runs", Some(read.expose())))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert!(
+        message.contains("dashboard") && message.contains("launch right"),
+        "{message}"
+    );
+    let (status, body) = app
+        .send(bearer(Method::POST, "/api/v1/runs", Some(launch.expose())))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let run: RunId = body["run_id"].as_str().unwrap().parse().unwrap();
+    let record = store.run(run).await.unwrap().unwrap();
+    assert_eq!(
+        record.user, "token:ci",
+        "the run names the token that launched it"
+    );
+    app.state.drain_runs().await;
+
+    let listed = store.tokens().await.unwrap();
+    let used = listed.iter().find(|t| t.name == "dashboard").unwrap();
+    assert!(used.last_used_at.is_some(), "a use is noted: {used:?}");
+
+    // Signing in on the dashboard with a store token sets the cookie.
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::post("/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={}", read.expose())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains(read.expose()) && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+
+    // Revoked: refused on the next request, with no wait.
+    store
+        .revoke_token("dashboard", jiff::Timestamp::now())
+        .await
+        .unwrap();
+    error(
+        app.send(bearer(Method::GET, "/api/v1/assets", Some(read.expose())))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    // With every token revoked or expired, a loopback server is open again.
+    store
+        .revoke_token("ci", jiff::Timestamp::now())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = app.get("/api/v1/assets").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 // -- pages -----------------------------------------------------------------------

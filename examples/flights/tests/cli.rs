@@ -350,3 +350,100 @@ fn ctrl_c_stops_gracefully_and_says_how_to_resume() {
     assert!(stdout.contains("interrupted"), "{}", text(&out));
     assert!(stdout.contains("runs resume"), "{}", text(&out));
 }
+
+#[test]
+fn tokens_are_created_listed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+
+    let out = flights(store, &["tokens", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no tokens"));
+
+    // The secret alone on stdout, so a script can take it.
+    let out = flights(store, &["tokens", "create", "ci", "--right", "launch"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        secret.starts_with("fst_") && secret.len() == 44,
+        "{}",
+        text(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown only this once"));
+    let out = flights(
+        store,
+        &[
+            "--json",
+            "tokens",
+            "create",
+            "laptop",
+            "--right",
+            "read",
+            "--expires-in",
+            "90d",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["token"]["right"], "read");
+    assert!(created["token"]["expires_at"].is_string(), "{created}");
+    assert!(created["secret"].as_str().unwrap().starts_with("fst_"));
+
+    bad_input(
+        store,
+        &["tokens", "create", "ci", "--right", "read"],
+        &["a token named \"ci\" exists", "revoke it first"],
+    );
+    bad_input(
+        store,
+        &["tokens", "create", "two words", "--right", "read"],
+        &["invalid token name", "letters, digits"],
+    );
+    bad_input(
+        store,
+        &["tokens", "create", "x", "--right", "admin"],
+        &["unknown token right", "`read`", "`launch`"],
+    );
+    bad_input(store, &["tokens", "create", "x"], &["--right"]);
+    bad_input(
+        store,
+        &[
+            "tokens",
+            "create",
+            "x",
+            "--right",
+            "read",
+            "--expires-in",
+            "3 months",
+        ],
+        &["not a lifetime", "90d"],
+    );
+    bad_input(
+        store,
+        &["tokens", "revoke", "nobody"],
+        &["no token named \"nobody\"", "tokens list"],
+    );
+
+    // The listing shows the start of each secret, never the whole.
+    let out = flights(store, &["tokens", "list"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listing.contains(&secret[..12]), "{listing}");
+    assert!(!listing.contains(&secret), "{listing}");
+    assert!(
+        listing.contains("launch") && listing.contains("never"),
+        "{listing}"
+    );
+    assert!(listing.contains("active, expires"), "{listing}");
+
+    let out = flights(store, &["tokens", "revoke", "ci"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+    let out = flights(store, &["tokens", "list"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ci "));
+    let out = flights(store, &["--json", "tokens", "list", "--all"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    // A revoked token's name may be used again.
+    let out = flights(store, &["tokens", "create", "ci", "--right", "read"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -71,6 +71,67 @@ pub enum Command {
     Workers,
     /// Serve the JSON API and the live dashboard, and work on queued runs.
     Serve(ServeArgs),
+    /// Create, list or revoke the API tokens that `serve` accepts.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token and print its secret, which is shown only this once;
+    /// the store keeps only a hash of it.
+    Create {
+        /// A name to tell it by, e.g. `ci` or `alice-laptop`: letters,
+        /// digits, `.`, `_` and `-`, unique among tokens not revoked.
+        #[arg(value_name = "NAME")]
+        name: String,
+
+        /// `read`: the API, the dashboard and the event stream; `launch`:
+        /// also launch, cancel and resume runs.
+        #[arg(long, value_name = "RIGHT", value_parser = right)]
+        right: flowstone_core::token::TokenRight,
+
+        /// Refuse the token after this long (e.g. 90d, 12h, 1w) [default:
+        /// it does not expire].
+        #[arg(long, value_name = "DURATION", value_parser = lifetime)]
+        expires_in: Option<jiff::SignedDuration>,
+    },
+    /// List the tokens: name, right, start of the secret, when created,
+    /// last used and expiring; revoked ones with --all.
+    List {
+        /// Also list revoked tokens.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token: every server sharing the store refuses it at once.
+    Revoke {
+        /// The token's name, as `tokens list` shows it.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+fn right(text: &str) -> Result<flowstone_core::token::TokenRight, String> {
+    text.parse()
+}
+
+/// A token's lifetime: a duration such as `90d`, `12h` or `1w` (a day is 24
+/// hours here).
+fn lifetime(text: &str) -> Result<jiff::SignedDuration, String> {
+    let bad = || {
+        format!(
+            "{text:?} is not a lifetime; write it like 90d, 12h, 1w or 30m (days and weeks, \
+             not months or years)"
+        )
+    };
+    let span: jiff::Span = text.trim().parse().map_err(|_| bad())?;
+    let parsed = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| bad())?;
+    if parsed <= jiff::SignedDuration::ZERO {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(parsed)
 }
 
 #[derive(Debug, Args)]
@@ -135,13 +196,15 @@ fn duration(text: &str) -> Result<jiff::SignedDuration, String> {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "API tokens come from the environment only: FLOWSTONE_API_TOKENS is a \
-                        comma-separated list of RIGHT:SECRET, RIGHT `read` or `launch`.\n\
-                        Without a token the server binds only to loopback addresses."
+    after_help = "API tokens: `tokens create NAME --right read|launch` makes one (kept \
+                        hashed in the store); FLOWSTONE_API_TOKENS may also give a \
+                        comma-separated list of RIGHT:SECRET.\n\
+                        Once a token exists, every request needs one. Without a token the \
+                        server binds only to loopback addresses."
 )]
 pub struct ServeArgs {
-    /// The address to listen on; an address other than loopback needs
-    /// FLOWSTONE_API_TOKENS.
+    /// The address to listen on; an address other than loopback needs an
+    /// API token (`tokens create`, or FLOWSTONE_API_TOKENS).
     #[arg(long, default_value = "127.0.0.1:3000", value_name = "ADDR")]
     pub bind: std::net::SocketAddr,
 

@@ -18,6 +18,7 @@ mod args;
 mod cluster;
 mod output;
 mod progress;
+mod tokens;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use flowstone_core::{
 pub use args::Cli;
 use args::{
     BackfillArgs, Command, LineageDirection, MaterializeArgs, RunArgs, RunsCommand, ServeArgs,
+    TokensCommand,
 };
 use output::Printer;
 
@@ -168,6 +170,7 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
             | Command::Daemon(_)
             | Command::Serve(_)
             | Command::Runs(RunsCommand::Resume { .. } | RunsCommand::Cancel { .. })
+            | Command::Tokens(TokensCommand::Create { .. })
     );
     if let Some(location) = &cli.store
         && location.trim().is_empty()
@@ -286,6 +289,7 @@ async fn dispatch(defs: Definitions, cli: Cli) -> Result<u8, Failure> {
         Command::Worker(args) => cluster::worker(&ctx, args).await,
         Command::Daemon(args) => cluster::daemon(&ctx, args).await,
         Command::Workers => cluster::workers(&ctx).await,
+        Command::Tokens(command) => tokens::tokens(&ctx, command).await,
     }
 }
 

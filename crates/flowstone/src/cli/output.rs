@@ -8,6 +8,7 @@ use flowstone_core::store::{
     DEFAULT_QUEUE, EventRecord, Lease, MaterializationRecord, RunRecord, RunState, StepRecord,
     WorkerRecord,
 };
+use flowstone_core::token::{Secret, TokenRecord};
 use flowstone_core::{AssetPartition, Definitions, Plan, RunId, RunOutcome};
 use flowstone_partitions::PartitionsDef;
 use jiff::Timestamp;
@@ -631,6 +632,84 @@ impl Printer {
             short_time(record.finished_at)
         );
         self.emit(value);
+    }
+}
+
+impl Printer {
+    /// The secret alone on stdout (`TOKEN=$(... tokens create ...)` takes
+    /// it), the rest on stderr.
+    pub(crate) fn token_created(&self, token: &TokenRecord, secret: &Secret) {
+        if self.json {
+            self.emit(&json!({ "token": token, "secret": secret.expose() }));
+            return;
+        }
+        let expires = token.expires_at.map_or_else(
+            || "does not expire".to_owned(),
+            |at| format!("expires {}", short_time(at)),
+        );
+        eprintln!(
+            "created token {} with the {} right ({expires}); its secret follows, shown only \
+             this once.\nSend it as `Authorization: Bearer SECRET`, or sign in with it on the \
+             dashboard. Once a token exists, `serve` refuses requests without one.",
+            token.name, token.right
+        );
+        outln!("{}", secret.expose());
+    }
+
+    pub(crate) fn tokens(&self, tokens: &[TokenRecord], now: Timestamp) {
+        if self.json {
+            self.emit(&tokens);
+            return;
+        }
+        if tokens.is_empty() {
+            outln!(
+                "no tokens; `tokens create NAME --right read|launch` makes one (until then \
+                 `serve` accepts every request, on loopback only)"
+            );
+            return;
+        }
+        let mut rows = vec![
+            [
+                "NAME",
+                "RIGHT",
+                "SECRET STARTS",
+                "CREATED",
+                "LAST USED",
+                "STATE",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for t in tokens {
+            let state = match (t.revoked_at, t.expires_at) {
+                (Some(at), _) => format!("revoked {}", short_time(at)),
+                (None, Some(at)) if at <= now => format!("expired {}", short_time(at)),
+                (None, Some(at)) => format!("active, expires {}", short_time(at)),
+                (None, None) => "active".to_owned(),
+            };
+            rows.push(vec![
+                t.name.clone(),
+                t.right.to_string(),
+                format!("{}...", t.prefix),
+                short_time(t.created_at),
+                t.last_used_at
+                    .map_or_else(|| "never".to_owned(), short_time),
+                state,
+            ]);
+        }
+        out!("{}", table(&rows));
+    }
+
+    pub(crate) fn token_revoked(&self, token: &TokenRecord) {
+        if self.json {
+            self.emit(&json!({ "revoked": token }));
+        } else {
+            outln!(
+                "token {} ({}...) revoked; servers sharing this store refuse it from now on",
+                token.name,
+                token.prefix
+            );
+        }
     }
 }
 

@@ -1,0 +1,125 @@
+//! API tokens: stored as hashes, looked up by hash on every request.
+
+use flowstone_core::store::{StoreError, StoreResult};
+use flowstone_core::token::{NewToken, TokenRecord};
+use jiff::Timestamp;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use crate::PostgresStore;
+use crate::codec::{self, DbResult, PgTime};
+
+macro_rules! columns {
+    () => {
+        "id, name, rights, prefix, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+
+impl PostgresStore {
+    pub(crate) async fn write_create_token(&self, token: NewToken) -> StoreResult<TokenRecord> {
+        // A name in use by a token not revoked, or (never in practice) a
+        // hash in use, conflicts: the insert does nothing and returns no row.
+        let row = sqlx::query(concat!(
+            "INSERT INTO api_tokens (name, rights, hash, prefix, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING ",
+            columns!()
+        ))
+        .bind(codec::text(&token.name))
+        .bind(token.right.as_str())
+        .bind(&token.hash)
+        .bind(&token.prefix)
+        .bind(PgTime(token.created_at))
+        .bind(token.expires_at.map(PgTime))
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        match row {
+            Some(row) => record(&row),
+            None => Err(StoreError::Conflict(format!(
+                "a token named {:?} exists; revoke it first, or choose another name",
+                token.name
+            ))),
+        }
+    }
+
+    pub(crate) async fn read_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_tokens ORDER BY created_at DESC, id DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(record).collect()
+    }
+
+    pub(crate) async fn read_token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL"
+        ))
+        .bind(codec::text(hash))
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        row.as_ref().map(record).transpose()
+    }
+
+    pub(crate) async fn read_has_active_tokens(&self, now: Timestamp) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM api_tokens \
+             WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1))",
+        )
+        .bind(PgTime(now))
+        .fetch_one(&self.pool)
+        .await
+        .db()
+    }
+
+    pub(crate) async fn write_revoke_token(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query(concat!(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL \
+             RETURNING ",
+            columns!()
+        ))
+        .bind(codec::text(name))
+        .bind(PgTime(now))
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        row.as_ref().map(record).transpose()
+    }
+
+    pub(crate) async fn write_token_used(&self, id: i64, now: Timestamp) -> StoreResult<()> {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(PgTime(now))
+            .execute(&self.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+}
+
+/// Reads an `api_tokens` row.
+fn record(row: &PgRow) -> StoreResult<TokenRecord> {
+    let rights: String = row.try_get("rights").db()?;
+    Ok(TokenRecord {
+        id: row.try_get("id").db()?,
+        name: row.try_get("name").db()?,
+        right: rights
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("api_tokens.rights: {rights:?}")))?,
+        prefix: row.try_get("prefix").db()?,
+        created_at: codec::time(row, "created_at")?,
+        expires_at: codec::opt_time(row, "expires_at")?,
+        revoked_at: codec::opt_time(row, "revoked_at")?,
+        last_used_at: codec::opt_time(row, "last_used_at")?,
+    })
+}
