@@ -86,6 +86,113 @@ async fn reconnecting_keeps_the_data_and_migrates_once() {
     assert_eq!(migrations, files, "each migration applied once");
 }
 
+/// A database written by the first release (schema version 1) and filled
+/// with a run half done opens under this version: every later migration
+/// applies to the rows already there, and the run goes on where it stood.
+#[tokio::test]
+async fn a_filled_version_1_database_migrates_and_goes_on() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    std::fs::copy(
+        shipped.join("20261204000000_initial.sql"),
+        dir.path().join("20261204000000_initial.sql"),
+    )
+    .unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    let mut raw = raw_connection(&db).await;
+    migrator.run(&mut raw).await.unwrap();
+
+    // A run of two steps: `raw` completed with its materialization, `clean`
+    // released and waiting; a failed step of an older run; a worker. The
+    // ids come from the sequences, as the first release took them.
+    let run = RunId::new();
+    let old = RunId::new();
+    for sql in [
+        "INSERT INTO runs VALUES ($1, 'running', 'cli', 'ada', 'backfill raw', now(), NULL)",
+        "INSERT INTO runs VALUES ($2, 'failed', 'cli', 'ada', 'raw once', now(), now())",
+        "INSERT INTO steps (run_id, asset_key, partition_key, state, attempt, max_attempts, \
+         priority, scheduled_at, upstream_remaining, worker, started_at, finished_at) \
+         VALUES ($1, 'raw', '2024-01-01', 'completed', 1, 3, 0, now(), 0, 'w1', now(), now())",
+        "INSERT INTO steps (run_id, asset_key, partition_key, state, max_attempts, priority, \
+         scheduled_at, upstream_remaining) \
+         VALUES ($1, 'clean', '2024-01-01', 'available', 3, 0, now(), 0)",
+        "INSERT INTO steps (run_id, asset_key, partition_key, state, attempt, max_attempts, \
+         priority, scheduled_at, upstream_remaining, worker, started_at, finished_at, error) \
+         VALUES ($2, 'raw', '2024-01-02', 'failed', 3, 3, 0, now(), 0, 'w1', now(), now(), 'boom')",
+        "INSERT INTO step_deps VALUES (1, 2)",
+        "INSERT INTO materializations (asset_key, partition_key, run_id, step_id, attempt, \
+         started_at, finished_at, triggered_by, user_name, code_version, data_version, \
+         metadata, location, io_manager) VALUES ('raw', '2024-01-01', $1, 1, 1, now(), now(), \
+         'cli', 'ada', 'v1', 'abc', '{\"rows\": 3}', 'file:///raw/2024-01-01.json', 'default')",
+        "INSERT INTO events (run_id, step_id, at, kind, level, message) \
+         VALUES ($1, 1, now(), 'materialized', 'info', 'raw[2024-01-01] materialized')",
+        "INSERT INTO workers VALUES ('w1', 'old-host', 42, now(), now())",
+    ] {
+        sqlx::query(sql)
+            .bind(run.0)
+            .bind(old.0)
+            .execute(&mut raw)
+            .await
+            .unwrap();
+    }
+
+    let store = PostgresStore::connect(db.url()).await.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        versions as usize,
+        std::fs::read_dir(&shipped).unwrap().count(),
+        "every shipped migration applied"
+    );
+
+    let record = store.run(run).await.unwrap().expect("the run survives");
+    assert_eq!(record.state, RunState::Running);
+    assert_eq!(record.max_parallel, None, "an old run has no cap");
+    assert_eq!(record.steps.completed, 1);
+    let raw_key = AssetPartition::new(key("raw"), Some("2024-01-01".into()));
+    let latest = store.latest_materializations(&[raw_key]).await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].metadata["rows"], 3);
+    let failed = store.partitions(&key("raw")).await.unwrap();
+    assert!(
+        failed
+            .iter()
+            .any(|p| p.failure.as_ref().is_some_and(|f| f.error == "boom")),
+        "{failed:?}"
+    );
+    assert_eq!(store.workers().await.unwrap()[0].host, "old-host");
+
+    // The waiting step is in the default queue and is claimed; completing
+    // it records lineage to the old row and ends the run's queue.
+    let worker = WorkerId("w2".into());
+    let claimed = store
+        .claim(claim_request(&worker, Timestamp::now(), 10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].target.asset, key("clean"));
+    let input = latest[0].id;
+    let outcomes = store
+        .complete(vec![completion(&claimed[0], &worker, vec![input])])
+        .await
+        .unwrap();
+    let Outcome::Recorded(Some(made)) = outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    assert!(!store.has_live_steps(run).await.unwrap());
+    let inputs = store.inputs_of(&[made]).await.unwrap();
+    assert_eq!(inputs[0].1.id, input, "lineage to the old row");
+
+    // A new run takes ids past the old rows', and the newest tables work.
+    store.create_run(one_step_run()).await.unwrap();
+    assert!(store.tokens().await.unwrap().is_empty());
+}
+
 // -- details of this backend ------------------------------------------------------
 
 /// Leases run from the database clock: a claim holds until `now() + lease`

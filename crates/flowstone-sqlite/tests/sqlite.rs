@@ -17,6 +17,111 @@ use flowstone_sqlite::SqliteStore;
 use jiff::{SignedDuration, Timestamp};
 use sqlx::{Connection, SqliteConnection};
 
+// -- migrations ----------------------------------------------------------------
+
+/// A store written by the first release (schema version 1) and filled with a
+/// run half done opens under this version: every later migration applies to
+/// the rows already there, and the run goes on where it stood.
+#[tokio::test]
+async fn a_filled_version_1_store_migrates_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("v1");
+    std::fs::create_dir(&first).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    std::fs::copy(
+        shipped.join("20250101000000_initial.sql"),
+        first.join("20250101000000_initial.sql"),
+    )
+    .unwrap();
+    let migrator = sqlx::migrate::Migrator::new(first.as_path()).await.unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("flowstone.db").display()
+    );
+    let mut raw = SqliteConnection::connect(&url).await.unwrap();
+    migrator.run(&mut raw).await.unwrap();
+
+    // A run of two steps: `raw` completed with its materialization, `clean`
+    // released and waiting; a failed step of an older run; a worker.
+    let run = RunId::new();
+    let old = RunId::new();
+    let t = 1_765_000_000_000_000_i64;
+    for sql in [
+        "INSERT INTO runs VALUES (?1, 'running', 'cli', 'ada', 'backfill raw', ?3, NULL)",
+        "INSERT INTO runs VALUES (?2, 'failed', 'cli', 'ada', 'raw once', ?3, ?3)",
+        "INSERT INTO steps VALUES (1, ?1, 'raw', '2024-01-01', 'completed', 1, 3, 0, ?3, 0, \
+         'w1', NULL, ?3, ?3, NULL)",
+        "INSERT INTO steps VALUES (2, ?1, 'clean', '2024-01-01', 'available', 0, 3, 0, ?3, 0, \
+         NULL, NULL, NULL, NULL, NULL)",
+        "INSERT INTO steps VALUES (3, ?2, 'raw', '2024-01-02', 'failed', 3, 3, 0, ?3, 0, \
+         'w1', NULL, ?3, ?3, 'boom')",
+        "INSERT INTO step_deps VALUES (1, 2)",
+        "INSERT INTO materializations VALUES (1, 'raw', '2024-01-01', ?1, 1, 1, ?3, ?3, 'cli', \
+         'ada', 'v1', 'abc', '{\"rows\": 3}', 'file:///raw/2024-01-01.json', 'default')",
+        "INSERT INTO events (run_id, step_id, at, kind, level, message) \
+         VALUES (?1, 1, ?3, 'materialized', 'info', 'raw[2024-01-01] materialized')",
+        "INSERT INTO workers VALUES ('w1', 'old-host', 42, ?3, ?3)",
+    ] {
+        sqlx::query(sql)
+            .bind(run.to_string())
+            .bind(old.to_string())
+            .bind(t)
+            .execute(&mut raw)
+            .await
+            .unwrap();
+    }
+
+    let store = SqliteStore::open(dir.path().to_str().unwrap())
+        .await
+        .unwrap();
+    let versions = scalar(&mut raw, "SELECT count(*) FROM _sqlx_migrations").await;
+    assert_eq!(
+        versions as usize,
+        std::fs::read_dir(&shipped).unwrap().count(),
+        "every shipped migration applied"
+    );
+
+    let record = store.run(run).await.unwrap().expect("the run survives");
+    assert_eq!(record.state, RunState::Running);
+    assert_eq!(record.max_parallel, None, "an old run has no cap");
+    assert_eq!(record.steps.completed, 1);
+    assert_eq!(store.steps(run).await.unwrap().len(), 2);
+    let raw_key = AssetPartition::new(key("raw"), Some("2024-01-01".into()));
+    let latest = store.latest_materializations(&[raw_key]).await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].metadata["rows"], 3);
+    let failed = store.partitions(&key("raw")).await.unwrap();
+    assert!(
+        failed
+            .iter()
+            .any(|p| p.failure.as_ref().is_some_and(|f| f.error == "boom")),
+        "{failed:?}"
+    );
+    assert_eq!(store.workers().await.unwrap()[0].host, "old-host");
+
+    // The waiting step is in the default queue and is claimed; completing
+    // it ends the run's queue.
+    let worker = WorkerId("w2".into());
+    let claimed = store
+        .claim(claim_request(&worker, Timestamp::now(), 10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].target.asset, key("clean"));
+    let made = complete(&store, &worker, &claimed, |_| vec![MaterializationId(1)]).await;
+    assert_eq!(made.len(), 1);
+    assert!(!store.has_live_steps(run).await.unwrap());
+    let inputs = store.inputs_of(&made).await.unwrap();
+    assert_eq!(
+        inputs[0].1.id,
+        MaterializationId(1),
+        "lineage to the old row"
+    );
+
+    // And the newest tables work beside the old rows.
+    assert!(store.tokens().await.unwrap().is_empty());
+}
+
 // -- locations -----------------------------------------------------------------
 
 #[tokio::test]
