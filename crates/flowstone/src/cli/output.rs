@@ -234,9 +234,16 @@ impl Printer {
         let steps = &run.steps;
         let seconds = outcome.elapsed_ms as f64 / 1000.0;
         outln!("run {} {}", run.id, run.state);
+        // The run's own count: workers elsewhere (or an earlier attempt at
+        // the run, before a resume) may have recorded some of them.
+        let here = if outcome.recorded == steps.completed {
+            String::new()
+        } else {
+            format!(" ({} by this process)", outcome.recorded)
+        };
         outln!(
-            "  materializations recorded: {}    failed: {}    skipped: {}    left: {}",
-            outcome.recorded,
+            "  materializations recorded: {}{here}    failed: {}    skipped: {}    left: {}",
+            steps.completed,
             steps.failed,
             steps.skipped,
             steps.live()
