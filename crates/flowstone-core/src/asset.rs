@@ -318,6 +318,25 @@ impl RetryPolicy {
     }
 }
 
+/// Whether `name` is 1 to 64 of ASCII letters, digits, `_`, `-` and `.`:
+/// the rule for queue and token names. A `const fn`, so that `#[asset(queue
+/// = "...")]` is checked when the code compiles.
+pub const fn is_plain_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 64 {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Checks a queue name: letters, digits, `_`, `-` and `.`, 1 to 64
 /// characters.
 ///
@@ -325,8 +344,7 @@ impl RetryPolicy {
 ///
 /// What is wrong with it and what is accepted.
 pub fn check_queue_name(name: &str) -> std::result::Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+    if !is_plain_name(name) {
         return Err(format!(
             "bad queue name {name:?}: use 1 to 64 letters, digits, '_', '-' or '.'"
         ));

@@ -136,11 +136,7 @@ const SHOWN: usize = SECRET_PREFIX.len() + 8;
 
 /// Checks a token name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
 pub fn check_name(name: &str) -> Result<(), TokenError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::asset::is_plain_name(name) {
         Ok(())
     } else {
         Err(TokenError::BadName(name.to_owned()))

@@ -134,7 +134,16 @@ fn builder_calls(args: &AssetArgs, attrs: &[Attribute], code_version: &str) -> T
         calls.extend(quote!(.io_manager(#io_manager)));
     }
     if let Some(queue) = &args.queue {
-        calls.extend(quote!(.queue(#queue)));
+        // Checked when the code compiles, not when the definitions are built.
+        calls.extend(quote_spanned! {queue.span()=>
+            .queue({
+                const _: () = ::core::assert!(
+                    ::flowstone::__private::is_plain_name(#queue),
+                    "bad queue name: use 1 to 64 letters, digits, '_', '-' or '.'"
+                );
+                #queue
+            })
+        });
     }
     if let Some(retry) = &args.retry {
         calls.extend(quote_spanned!(retry.span()=> .retry(#retry)));

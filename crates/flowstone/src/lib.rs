@@ -23,7 +23,7 @@ pub use flowstone_partitions::{PartitionMapping, PartitionsDef, TimeWindow};
 /// Items the `#[asset]` macro expands to; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use flowstone_core::asset::{Asset, AssetBuilder, FromUpstream, Inputs};
+    pub use flowstone_core::asset::{Asset, AssetBuilder, FromUpstream, Inputs, is_plain_name};
     pub use flowstone_core::context::AssetContext;
     pub use flowstone_core::error::AssetError;
     pub use flowstone_core::value::ValueType;
