@@ -341,6 +341,15 @@ impl Store for TimedStore {
             .await
     }
 
+    async fn live_assets(&self) -> StoreResult<Vec<AssetKey>> {
+        self.timed(
+            "live_assets",
+            |v: &Vec<_>| v.len() as u64,
+            self.inner.live_assets(),
+        )
+        .await
+    }
+
     async fn live_steps(
         &self,
         targets: &[AssetPartition],

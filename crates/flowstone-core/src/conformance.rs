@@ -1554,14 +1554,21 @@ pub async fn complete_and_claim_takes_what_it_released(store: Arc<dyn Store>) {
 /// At most one live step per asset partition across runs: a second run
 /// naming a live target is refused whole with [`StoreError::Conflict`],
 /// `live_steps` names the holder, and once the step ends the target may be
-/// queued again. Unpartitioned targets count too.
+/// queued again. Unpartitioned targets count too. `live_assets` lists the
+/// assets with a live step.
 pub async fn one_live_step_per_target(store: Arc<dyn Store>) {
+    let live_assets = async |store: &dyn Store| -> Vec<String> {
+        let keys = store.live_assets().await.must("live_assets");
+        keys.iter().map(|k| k.as_str().to_owned()).collect()
+    };
+    assert!(live_assets(&*store).await.is_empty());
     let first = RunPlan::new()
         .step("daily", Some("2024-01-01"), &[])
         .step("daily", Some("2024-01-02"), &[])
         .step("root", None, &[])
         .create(&*store)
         .await;
+    assert_eq!(live_assets(&*store).await, ["daily", "root"]);
 
     for plan in [
         RunPlan::new().step("daily", Some("2024-01-03"), &[]).step(
@@ -1619,11 +1626,16 @@ pub async fn one_live_step_per_target(store: Arc<dyn Store>) {
     let w = worker("w1");
     let claimed = claim(&*store, &w, Some(first.id), 10).await;
     complete_all(&*store, &w, &claimed).await;
+    assert!(
+        live_assets(&*store).await.is_empty(),
+        "no asset is live once its steps ended"
+    );
     RunPlan::new()
         .step("daily", Some("2024-01-02"), &[])
         .step("root", None, &[])
         .create(&*store)
         .await;
+    assert_eq!(live_assets(&*store).await, ["daily", "root"]);
 }
 
 /// Many runs created at once for the same target: exactly one is created,

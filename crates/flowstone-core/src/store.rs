@@ -949,6 +949,11 @@ pub trait Store: Send + Sync + 'static {
         targets: &[AssetPartition],
     ) -> StoreResult<Vec<(AssetPartition, RunId)>>;
 
+    /// The assets that have a live step (`pending`, `available`, `running`
+    /// or `retryable`) in any run, sorted; what the dashboard's graph shows
+    /// as running.
+    async fn live_assets(&self) -> StoreResult<Vec<AssetKey>>;
+
     // -- leases and maintenance ---------------------------------------------
 
     /// Takes the lease `name` for `holder` until `now + ttl` when it is free or

@@ -7,7 +7,7 @@
 //! lease row's lock (`FOR SHARE`) so that a takeover waits for it to commit.
 
 use flowstone_core::store::{Lease, Rescued, RescuedStep, StepState, StoreError, StoreResult};
-use flowstone_core::{AssetPartition, RunId, StepId, WorkerId};
+use flowstone_core::{AssetKey, AssetPartition, RunId, StepId, WorkerId};
 use jiff::Timestamp;
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
@@ -228,6 +228,20 @@ impl PostgresStore {
         .await
         .db()?;
         Ok(found.is_some())
+    }
+
+    pub(crate) async fn read_live_assets(&self) -> StoreResult<Vec<AssetKey>> {
+        // Through the partial unique index on live steps.
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT asset_key FROM steps \
+             WHERE state IN ('pending', 'available', 'running', 'retryable') ORDER BY asset_key",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        keys.iter()
+            .map(|k| codec::asset_key("steps.asset_key", k))
+            .collect()
     }
 
     pub(crate) async fn read_live_steps(

@@ -158,21 +158,10 @@ fn when(t: Timestamp) -> String {
 
 // -- the graph ---------------------------------------------------------------------
 
-/// Assets with a step that may still run in a running run.
+/// Assets with a step that may still run, in any run.
 async fn running_assets(state: &AppState) -> ApiResult<HashSet<AssetKey>> {
-    let store = state.engine().store();
-    let mut running = HashSet::new();
-    for run in store.runs(20).await? {
-        if run.state != flowstone_core::store::RunState::Running || run.steps.live() == 0 {
-            continue;
-        }
-        for step in store.steps(run.id).await? {
-            if !step.state.is_terminal() {
-                running.insert(step.target.asset.clone());
-            }
-        }
-    }
-    Ok(running)
+    let live = state.engine().store().live_assets().await?;
+    Ok(live.into_iter().collect())
 }
 
 /// An asset's state on the graph: running before failed before stale

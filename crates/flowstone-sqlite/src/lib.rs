@@ -457,6 +457,10 @@ impl Store for SqliteStore {
         self.read_materializations_of_run(run).await
     }
 
+    async fn live_assets(&self) -> StoreResult<Vec<AssetKey>> {
+        self.read_live_assets().await
+    }
+
     async fn live_steps(
         &self,
         targets: &[AssetPartition],

@@ -6,7 +6,7 @@
 //! in its term, so a leader that lost its lease does nothing.
 
 use flowstone_core::store::{Lease, Rescued, RescuedStep, StepState, StoreError, StoreResult};
-use flowstone_core::{AssetPartition, RunId, StepId, WorkerId};
+use flowstone_core::{AssetKey, AssetPartition, RunId, StepId, WorkerId};
 use jiff::Timestamp;
 use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
@@ -226,6 +226,21 @@ impl SqliteStore {
         .await
         .db()?;
         Ok(found.is_some())
+    }
+
+    pub(crate) async fn read_live_assets(&self) -> StoreResult<Vec<AssetKey>> {
+        let mut conn = self.reader().await?;
+        // Through the partial unique index on live steps.
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT asset_key FROM steps \
+             WHERE state IN ('pending', 'available', 'running', 'retryable') ORDER BY asset_key",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .db()?;
+        keys.iter()
+            .map(|k| codec::asset_key("steps.asset_key", k))
+            .collect()
     }
 
     pub(crate) async fn read_live_steps(
