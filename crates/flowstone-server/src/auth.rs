@@ -268,9 +268,24 @@ pub(crate) fn presented(request: &Request) -> Option<&str> {
         })
 }
 
-/// Paths anyone may reach: the health check, signing in, static files.
+/// Paths anyone may reach: the health check, signing in and out, static
+/// files.
 fn is_public(path: &str) -> bool {
-    path == "/api/v1/health" || path == "/login" || path.starts_with("/static/")
+    path == "/api/v1/health"
+        || path == "/login"
+        || path == "/logout"
+        || path.starts_with("/static/")
+}
+
+tokio::task_local! {
+    /// The principal of the request being answered, for the page header.
+    static SIGNED_IN: Principal;
+}
+
+/// Who the request being answered comes from, when it presented a token;
+/// `None` outside a request or on an open server.
+pub(crate) fn signed_in() -> Option<Principal> {
+    SIGNED_IN.try_with(Principal::clone).ok()
 }
 
 /// The middleware in front of every route.
@@ -294,8 +309,8 @@ pub(crate) async fn require_token(
     match verdict {
         Verdict::Open => next.run(request).await,
         Verdict::Valid(principal) if principal.right >= needs => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
+            request.extensions_mut().insert(principal.clone());
+            SIGNED_IN.scope(principal, next.run(request)).await
         }
         Verdict::Valid(principal) => ApiError::Forbidden(format!(
             "the token {} has the {} right; this request needs a token with the {needs} right",

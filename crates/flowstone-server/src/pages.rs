@@ -48,6 +48,7 @@ pub(crate) fn routes(_state: AppState) -> Router<AppState> {
         .route("/ui/runs/{id}", get(run_fragment))
         .route("/ui/runs/{id}/cancel", post(cancel))
         .route("/login", get(login_page).post(login))
+        .route("/logout", get(logout))
         .route("/static/htmx.min.js", get(|| script(HTMX)))
         .route("/static/htmx-ext-sse.js", get(|| script(HTMX_SSE)))
         .route("/static/graph.js", get(|| script(GRAPH_JS)))
@@ -135,6 +136,12 @@ fn layout(title: &str, body: Markup) -> Html<String> {
                         a href="/" { "Assets" }
                         a href="/runs" { "Runs" }
                         a href="/api/openapi.json" { "API" }
+                    }
+                    @if let Some(who) = crate::auth::signed_in() {
+                        span.who {
+                            "token " strong { (who.name) } " (" (who.right) ") "
+                            a href="/logout" { "Sign out" }
+                        }
                     }
                 }
                 main { (body) }
@@ -1179,6 +1186,19 @@ fn login_form(message: Option<&str>) -> Html<String> {
 
 async fn login_page() -> Html<String> {
     login_form(None)
+}
+
+/// Forgets the session cookie (a bearer header is the client's to drop).
+async fn logout() -> Response {
+    let cookie = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        crate::auth::COOKIE
+    );
+    let mut response = Redirect::to("/login").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
 }
 
 #[derive(Debug, Deserialize)]

@@ -1019,6 +1019,41 @@ async fn store_tokens_take_effect_at_once() {
         "{cookie}"
     );
 
+    // Pages say who is signed in and offer to sign out, which drops the
+    // cookie.
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/runs")
+                .header(header::COOKIE, format!("flowstone_token={}", read.expose()))
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.into_body().collect().await.unwrap().to_bytes();
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("<strong>dashboard</strong> (read)") && page.contains("href=\"/logout\""),
+        "{page}"
+    );
+    let response = app
+        .router
+        .clone()
+        .oneshot(Request::get("/logout").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/login");
+    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.starts_with("flowstone_token=;") && cookie.contains("Max-Age=0"),
+        "{cookie}"
+    );
+
     // Revoked: refused on the next request, with no wait.
     store
         .revoke_token("dashboard", jiff::Timestamp::now())
