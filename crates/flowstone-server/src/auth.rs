@@ -77,8 +77,9 @@ pub(crate) enum Verdict {
     Open,
     /// A valid token.
     Valid(Principal),
-    /// Tokens exist and the request presents none that is valid.
-    Refused,
+    /// Tokens exist (or did) and the request presents none that is valid;
+    /// `true` when it presented one.
+    Refused(bool),
 }
 
 /// Checks tokens against the configured ones and the store's.
@@ -87,7 +88,8 @@ pub(crate) struct Auth {
     store: Arc<dyn Store>,
     /// On loopback, the server is open while no token exists; elsewhere never.
     may_be_open: bool,
-    /// Whether a store token existed, and when that was asked.
+    /// Whether the store had a token (revoked ones count), and when that was
+    /// asked.
     any_stored: Mutex<Option<(Instant, bool)>>,
     /// When each store token's use was last written down.
     noted: Mutex<HashMap<i64, Instant>>,
@@ -132,20 +134,24 @@ impl Auth {
         if self.is_open().await? {
             Ok(Verdict::Open)
         } else {
-            Ok(Verdict::Refused)
+            Ok(Verdict::Refused(secret.is_some_and(|s| !s.is_empty())))
         }
     }
 
-    /// Whether no token exists anywhere and the server is on loopback.
+    /// Whether the server is on loopback and no token was ever made: once
+    /// one has been, the server stays closed when every token is revoked or
+    /// has expired (revoking the last token must not open it to anyone).
     async fn is_open(&self) -> StoreResult<bool> {
         if !self.may_be_open || !self.configured.is_empty() {
             return Ok(false);
         }
         let cached = *self.any_stored.lock().expect("no panic while held");
         let any = match cached {
-            Some((at, any)) if at.elapsed() < ANY_STORED_FOR => any,
+            // Once true, always true: the store never forgets a token.
+            Some((_, true)) => true,
+            Some((at, false)) if at.elapsed() < ANY_STORED_FOR => false,
             _ => {
-                let any = self.store.has_active_tokens(jiff::Timestamp::now()).await?;
+                let any = !self.store.tokens().await?.is_empty();
                 *self.any_stored.lock().expect("no panic while held") = Some((Instant::now(), any));
                 any
             }
@@ -254,8 +260,10 @@ impl FromStr for Tokens {
 pub(crate) fn presented(request: &Request) -> Option<&str> {
     let headers = request.headers();
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let text = value.to_str().ok()?;
-        return text.strip_prefix("Bearer ").map(str::trim);
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        let text = value.to_str().ok()?.trim_start();
+        let (scheme, token) = text.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
     headers
         .get_all(header::COOKIE)
@@ -307,7 +315,10 @@ pub(crate) async fn require_token(
         Err(err) => return ApiError::from(err).into_response(),
     };
     match verdict {
-        Verdict::Open => next.run(request).await,
+        Verdict::Open => match open_request_refusal(&request) {
+            Some(refusal) => refusal.into_response(),
+            None => next.run(request).await,
+        },
         Verdict::Valid(principal) if principal.right >= needs => {
             request.extensions_mut().insert(principal.clone());
             SIGNED_IN.scope(principal, next.run(request)).await
@@ -317,9 +328,63 @@ pub(crate) async fn require_token(
             principal.name, principal.right
         ))
         .into_response(),
-        Verdict::Refused if wants_page(&request) => Redirect::to("/login").into_response(),
-        Verdict::Refused => ApiError::Unauthorized.into_response(),
+        Verdict::Refused(_) if wants_page(&request) => Redirect::to("/login").into_response(),
+        Verdict::Refused(presented) => ApiError::Unauthorized(presented).into_response(),
     }
+}
+
+/// On an open server (loopback, no token ever made) anyone on the machine
+/// may do anything, but a web page in the user's browser must not: a
+/// request that changes something and comes from another site (a form
+/// posted cross-site), or any request naming a host other than this
+/// machine (DNS rebinding), is refused.
+fn open_request_refusal(request: &Request) -> Option<ApiError> {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !host.is_empty() && !is_local_host(host) {
+        return Some(ApiError::Forbidden(format!(
+            "this server has no API token, so it answers only requests for 127.0.0.1, ::1 \
+             or localhost, not for {host:?}; create a token (`tokens create NAME --right \
+             launch`) to serve other names"
+        )));
+    }
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site" || site == "same-site");
+    let foreign_origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|origin| {
+            let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            origin == "null" || authority != host
+        });
+    (cross_site || foreign_origin).then(|| {
+        ApiError::Forbidden(
+            "a request from another web site cannot change anything here; use the dashboard \
+             or the API from this machine"
+                .to_owned(),
+        )
+    })
+}
+
+/// Whether a `Host` header names this machine: `localhost`, `127.x.y.z` or
+/// `[::1]`, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A browser asking for a page (not the API, not htmx) is sent to sign in.

@@ -38,9 +38,15 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
-    /// No valid token with the request.
-    #[error("a valid API token is required: send `Authorization: Bearer TOKEN`, or sign in")]
-    Unauthorized,
+    /// No valid token with the request: none sent (`false`), or one that
+    /// is unknown, revoked or expired (`true`).
+    #[error("{}", if *.0 {
+        "the API token sent is not valid here (unknown, revoked or expired); send a valid one \
+         as `Authorization: Bearer TOKEN`, or sign in"
+    } else {
+        "a valid API token is required: send `Authorization: Bearer TOKEN`, or sign in"
+    })]
+    Unauthorized(bool),
     /// A valid token without the right the request needs.
     #[error("{0}")]
     Forbidden(String),
@@ -64,7 +70,7 @@ impl ApiError {
             ApiError::UnknownRun(_) => "unknown_run",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",
             ApiError::Internal(_) => "internal",
@@ -80,7 +86,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,7 +120,7 @@ impl IntoResponse for ApiError {
                             "request refused");
         }
         let mut response = (status, Json(self.body())).into_response();
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),

@@ -551,6 +551,10 @@ async fn asset_page(
                     @if defs.downstream_of(&def.key).is_empty() { "none" }
                 }
             }
+            @if crate::auth::signed_in().is_some_and(|who| who.right < crate::auth::Right::Launch) {
+                p.hint { "Your token has the read right: launching runs needs a token with the \
+                          launch right." }
+            } @else {
             section.actions {
                 form.inline method="post" action=(format!("/ui{href}/materialize")) {
                     @if def.partitions.is_some() {
@@ -572,6 +576,7 @@ async fn asset_page(
                         button type="submit" { "Backfill missing" }
                     }
                 }
+            }
             }
             @if query.nothing.is_some() {
                 p.notice role="status" { "Nothing to do: every selected partition is already \
@@ -1179,7 +1184,10 @@ fn login_form(message: Option<&str>) -> Html<String> {
                 label { "API token " input type="password" name="token" required autocomplete="current-password"; }
                 button type="submit" { "Sign in" }
             }
-            p.hint { "Tokens are configured with FLOWSTONE_API_TOKENS where the server runs." }
+            p.hint { "Make a token where the store is with "
+                     code { "tokens create NAME --right read" } " (or "
+                     code { "--right launch" } " to launch runs too); "
+                     code { "tokens list" } " shows them." }
         },
     )
 }
@@ -1216,7 +1224,7 @@ async fn login(
     let token = form.token.trim();
     match state.inner.auth.check(Some(token)).await {
         Ok(Verdict::Valid(_)) => {}
-        Ok(Verdict::Open | Verdict::Refused) => {
+        Ok(Verdict::Open | Verdict::Refused(_)) => {
             return (
                 StatusCode::UNAUTHORIZED,
                 login_form(Some("That token is not valid here.")),

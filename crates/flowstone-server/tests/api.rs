@@ -1066,14 +1066,117 @@ async fn store_tokens_take_effect_at_once() {
         "unauthorized",
     );
 
-    // With every token revoked or expired, a loopback server is open again.
+    let (again, renewed) = generate("ci", Right::Read, None, jiff::Timestamp::now()).unwrap();
+    // With every token revoked or expired, the server stays closed: revoking
+    // the last token must not open it to anyone.
     store
         .revoke_token("ci", jiff::Timestamp::now())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, _) = app.get("/api/v1/assets").await;
+    let message = error(
+        app.send(bearer(Method::GET, "/api/v1/assets", Some(launch.expose())))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert!(message.contains("revoked or expired"), "{message}");
+    error(
+        app.send(bearer(Method::GET, "/api/v1/assets", None)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    // The scheme is case-insensitive.
+    store.create_token(again).await.unwrap();
+    let (status, _) = app
+        .send(
+            Request::get("/api/v1/runs")
+                .header(
+                    header::AUTHORIZATION,
+                    format!("bearer {}", renewed.expose()),
+                )
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A server without any token is open to this machine only: a web page in
+/// the user's browser cannot post to it from another site, nor reach it
+/// under another host name (DNS rebinding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_server_refuses_other_sites_and_hosts() {
+    let app = app().await;
+    let post = |headers: &[(&str, &str)]| {
+        let mut request = Request::post("/api/v1/runs");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({ "assets": ["config"] }).to_string()))
+            .unwrap()
+    };
+    for headers in [
+        &[
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:3000"),
+        ][..],
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("origin", "null"), ("host", "localhost:3000")][..],
+    ] {
+        let message = error(
+            app.send(post(headers)).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert!(
+            message.contains("another web site"),
+            "{headers:?}: {message}"
+        );
+    }
+    for host in ["evil.example", "evil.example:3000", "10.0.0.1:3000"] {
+        let message = error(
+            app.send(
+                Request::get("/api/v1/assets")
+                    .header(header::HOST, host)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert!(message.contains("tokens create"), "{message}");
+    }
+    // This machine's own names and pages work.
+    for host in [
+        "127.0.0.1:3000",
+        "localhost:3000",
+        "[::1]:3000",
+        "localhost",
+    ] {
+        let (status, _) = app
+            .send(
+                Request::get("/api/v1/assets")
+                    .header(header::HOST, host)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+    }
+    let (status, body) = app
+        .send(post(&[
+            ("origin", "http://127.0.0.1:3000"),
+            ("host", "127.0.0.1:3000"),
+            ("sec-fetch-site", "same-origin"),
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    app.state.drain_runs().await;
 }
 
 // -- pages -----------------------------------------------------------------------

@@ -83,12 +83,20 @@ pub fn check_exists(location: Option<&str>) -> Result<(), StoreError> {
         .strip_prefix("sqlite://")
         .or_else(|| location.strip_prefix("sqlite:"))
         .unwrap_or(location);
-    if path == ":memory:" || Path::new(path).exists() {
+    // A directory holds its database in a file of its own; an empty
+    // directory is no store either.
+    let path = Path::new(path);
+    let database = if path.is_dir() {
+        path.join(flowstone_sqlite::DEFAULT_FILE_NAME)
+    } else {
+        path.to_path_buf()
+    };
+    if path.as_os_str() == ":memory:" || database.exists() {
         return Ok(());
     }
     Err(StoreError::Config(format!(
-        "no store at {location}: nothing has been materialized there yet (run materialize or \
-         backfill first), or --store / FLOWSTONE_STORE points somewhere else"
+        "no store at {location}: nothing has been recorded there yet (run materialize, \
+         backfill or tokens create first), or --store / FLOWSTONE_STORE points somewhere else"
     )))
 }
 

@@ -356,9 +356,21 @@ fn tokens_are_created_listed_and_revoked() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path();
 
-    let out = flights(store, &["tokens", "list"]);
+    // Reading an empty directory finds no store, and makes none there.
+    let empty = store.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    bad_input(
+        &empty,
+        &["tokens", "list"],
+        &["no store at", "tokens create"],
+    );
+    bad_input(&empty, &["status"], &["no store at"]);
+    assert!(std::fs::read_dir(&empty).unwrap().next().is_none());
+
+    let out = flights(store, &["tokens", "create", "first", "--right", "read"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no tokens"));
+    let out = flights(store, &["tokens", "revoke", "first"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // The secret alone on stdout, so a script can take it.
     let out = flights(store, &["tokens", "create", "ci", "--right", "launch"]);
@@ -423,6 +435,20 @@ fn tokens_are_created_listed_and_revoked() {
         &["tokens", "revoke", "nobody"],
         &["no token named \"nobody\"", "tokens list"],
     );
+    bad_input(
+        store,
+        &[
+            "tokens",
+            "create",
+            "x",
+            "--right",
+            "read",
+            "--expires-in",
+            "1ms",
+        ],
+        &["too short", "at least 1m"],
+    );
+    bad_input(store, &["tokens", "revoke", "first"], &["already revoked"]);
 
     // The listing shows the start of each secret, never the whole.
     let out = flights(store, &["tokens", "list"]);
@@ -435,14 +461,19 @@ fn tokens_are_created_listed_and_revoked() {
     );
     assert!(listing.contains("active, expires"), "{listing}");
 
-    let out = flights(store, &["tokens", "revoke", "ci"]);
+    // Revoking by the secret (leaked, say) never prints it back.
+    let out = flights(store, &["tokens", "revoke", &secret]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("token ci"));
+    assert!(!text(&out).contains(&secret[12..]), "{}", text(&out));
+    let out = flights(store, &["tokens", "revoke", &secret]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!text(&out).contains(&secret[12..]), "{}", text(&out));
     let out = flights(store, &["tokens", "list"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ci "));
     let out = flights(store, &["--json", "tokens", "list", "--all"]);
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
     // A revoked token's name may be used again.
     let out = flights(store, &["tokens", "create", "ci", "--right", "read"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

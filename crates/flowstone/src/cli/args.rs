@@ -105,7 +105,7 @@ pub enum TokensCommand {
     },
     /// Revoke a token: every server sharing the store refuses it at once.
     Revoke {
-        /// The token's name, as `tokens list` shows it.
+        /// The token's name, as `tokens list` shows it, or its secret.
         #[arg(value_name = "NAME")]
         name: String,
     },
@@ -128,8 +128,8 @@ fn lifetime(text: &str) -> Result<jiff::SignedDuration, String> {
     let parsed = span
         .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
         .map_err(|_| bad())?;
-    if parsed <= jiff::SignedDuration::ZERO {
-        return Err(format!("{text:?} must be longer than zero"));
+    if parsed < jiff::SignedDuration::from_mins(1) {
+        return Err(format!("{text:?} is too short; a token lives at least 1m"));
     }
     Ok(parsed)
 }

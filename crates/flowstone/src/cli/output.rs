@@ -657,7 +657,7 @@ impl Printer {
         eprintln!(
             "created token {} with the {} right ({expires}); its secret follows, shown only \
              this once.\nSend it as `Authorization: Bearer SECRET`, or sign in with it on the \
-             dashboard. Once a token exists, `serve` refuses requests without one.",
+             dashboard. From now on, `serve` refuses requests without a valid token.",
             token.name, token.right
         );
         outln!("{}", secret.expose());
@@ -670,8 +670,8 @@ impl Printer {
         }
         if tokens.is_empty() {
             outln!(
-                "no tokens; `tokens create NAME --right read|launch` makes one (until then \
-                 `serve` accepts every request, on loopback only)"
+                "no tokens; `tokens create NAME --right read|launch` makes one (until one is \
+                 made, `serve` accepts every request from this machine)"
             );
             return;
         }

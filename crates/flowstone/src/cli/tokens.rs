@@ -50,15 +50,35 @@ pub(crate) async fn tokens(ctx: &Ctx, command: TokensCommand) -> Result<u8, Fail
             Ok(EXIT_OK)
         }
         TokensCommand::Revoke { name } => {
-            match store.revoke_token(name.trim(), Timestamp::now()).await? {
+            let given = name.trim();
+            // A leaked secret may be given instead of the name: it is
+            // looked up by hash and never printed back.
+            let name = if given.starts_with(token::SECRET_PREFIX) {
+                match store.token_by_hash(&token::hash(given)).await? {
+                    Some(found) => found.name,
+                    None => {
+                        return Err(usage(
+                            "no token that is not revoked has that secret; `tokens list --all` \
+                             shows every token",
+                        ));
+                    }
+                }
+            } else {
+                given.to_owned()
+            };
+            match store.revoke_token(&name, Timestamp::now()).await? {
                 Some(record) => {
                     ctx.printer.token_revoked(&record);
                     Ok(EXIT_OK)
                 }
-                None => Err(usage(format!(
-                    "no token named {:?} to revoke; `tokens list` shows them",
-                    name.trim()
-                ))),
+                None => {
+                    let known = store.tokens().await?.iter().any(|t| t.name == name);
+                    Err(usage(if known {
+                        format!("the token named {name:?} is already revoked")
+                    } else {
+                        format!("no token named {name:?}; `tokens list --all` shows every token")
+                    }))
+                }
             }
         }
     }
