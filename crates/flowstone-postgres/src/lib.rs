@@ -61,6 +61,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// and batches, so a handful serves a worker of any concurrency.
 const POOL_SIZE: u32 = 8;
 
+/// Connections per process for claims on their own (`claims`).
+const CLAIM_POOL_SIZE: u32 = 4;
+
 /// FlowStone's store in a PostgreSQL database.
 ///
 /// Cheap to share behind an `Arc`; all methods take `&self`.
@@ -68,6 +71,10 @@ pub struct PostgresStore {
     /// What [`Store::describe`] prints: the URL without its password.
     describe: String,
     pool: PgPool,
+    /// Connections for claims on their own ([`Store::claim`]), whose
+    /// commits do not wait for the log flush (`synchronous_commit = off`);
+    /// see `write_claim` for why that is safe. Nothing else uses them.
+    claims: PgPool,
     /// Notices from the `flowstone` channel, fed by one listening connection
     /// started at the first call to [`Store::notices`].
     notices: tokio::sync::broadcast::Sender<Notice>,
@@ -114,6 +121,11 @@ impl PostgresStore {
         migrate(&mut conn, &shown).await?;
         conn.close().await.map_err(StoreError::backend)?;
 
+        let claims = PgPoolOptions::new()
+            .max_connections(CLAIM_POOL_SIZE)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .min_connections(0)
@@ -123,6 +135,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             describe: shown,
             pool,
+            claims,
             notices: tokio::sync::broadcast::channel(1024).0,
             listening: std::sync::OnceLock::new(),
             limited_seen: std::sync::atomic::AtomicBool::new(false),

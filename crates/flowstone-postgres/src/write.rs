@@ -472,11 +472,32 @@ impl PostgresStore {
         Ok(run.into_record(&upstream))
     }
 
+    /// A claim on its own, on a connection whose commits do not wait for
+    /// the log flush (`synchronous_commit = off`). Safe because a claim
+    /// writes nothing but the claimed steps' rows (state, attempt, worker,
+    /// lease; the limited claim adds a transaction-level advisory lock), and
+    /// PostgreSQL loses an unflushed commit only in a server crash, and then
+    /// with every commit logged after it:
+    ///
+    /// - a claim lost that way leaves its steps as they were (ready, with
+    ///   the attempt before), so they are claimed again; the worker that
+    ///   ran them is fenced when it completes (the step is not `running`
+    ///   under its attempt and worker, or the new claim is its own and the
+    ///   step is recorded once), and events, materializations and worker
+    ///   rows never depend on a claim alone;
+    /// - whatever the worker writes next about the step (its completion or
+    ///   failure, with their events and materializations) commits durably,
+    ///   and a durable commit flushes the log up to its own record, so the
+    ///   claim's record, logged before, is flushed first: a recorded
+    ///   completion never outlives its claim.
+    ///
+    /// Claims made with a completion batch ([`Self::write_complete_and_claim`])
+    /// commit durably with it.
     pub(crate) async fn write_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedStep>> {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.acquire().await.db()?;
+        let mut conn = self.claims.acquire().await.db()?;
         claim_in(&mut conn, &req, &self.limited_seen).await
     }
 
