@@ -64,6 +64,10 @@ const POOL_SIZE: u32 = 8;
 /// Connections per process for claims on their own (`claims`).
 const CLAIM_POOL_SIZE: u32 = 4;
 
+/// Completion batches a worker loop may have committing at once; see
+/// [`Store::commits_in_flight`].
+const COMMITS_IN_FLIGHT: usize = 2;
+
 /// FlowStone's store in a PostgreSQL database.
 ///
 /// Cheap to share behind an `Arc`; all methods take `&self`.
@@ -244,6 +248,12 @@ impl Store for PostgresStore {
         next: ClaimRequest,
     ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
         self.write_complete_and_claim(batch, next).await
+    }
+
+    /// Two: the log flushes of two batches overlap (or are one), and claims
+    /// on their own do not wait for a flush (see `write_claim`).
+    fn commits_in_flight(&self) -> usize {
+        COMMITS_IN_FLIGHT
     }
 
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>> {
