@@ -396,12 +396,11 @@ async fn claim_work_commit(
                 next.limit = 0;
             }
             work.send(shared, stop, next);
-            if !claim_ahead {
-                if let Some(joined) = work.commits.join_next_with_id().await {
-                    let (claimed, _) =
-                        committed(shared, opts, stop, &mut work, &mut seen, joined).await?;
-                    claimed_with_commit = claimed > 0;
-                }
+            // Without claiming ahead, the loop waits for the batch's answer.
+            if !claim_ahead && let Some(joined) = work.commits.join_next_with_id().await {
+                let (claimed, _) =
+                    committed(shared, opts, stop, &mut work, &mut seen, joined).await?;
+                claimed_with_commit = claimed > 0;
             }
         }
 
