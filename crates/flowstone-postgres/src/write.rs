@@ -795,11 +795,17 @@ impl PostgresStore {
         lease: jiff::SignedDuration,
     ) -> StoreResult<bool> {
         // One statement: the leases run from the database clock, the
-        // heartbeat records the worker's.
+        // heartbeat records the worker's. The steps are locked in id order,
+        // as completions lock theirs: in any other order, a heartbeat and a
+        // batch of the same worker could each wait for a step the other
+        // holds (a deadlock, which PostgreSQL ends by failing one of them).
         let registered = sqlx::query(
-            "WITH leases AS ( \
-                 UPDATE steps SET lease_until = now() + $3 * interval '1 microsecond' \
-                 WHERE state = 'running' AND worker = $1) \
+            "WITH locked AS ( \
+                 SELECT id FROM steps WHERE state = 'running' AND worker = $1 \
+                 ORDER BY id FOR UPDATE), \
+             leases AS ( \
+                 UPDATE steps AS s SET lease_until = now() + $3 * interval '1 microsecond' \
+                 FROM locked WHERE s.id = locked.id AND s.state = 'running' AND s.worker = $1) \
              UPDATE workers SET heartbeat_at = $2 WHERE id = $1",
         )
         .bind(worker.0.as_str())
