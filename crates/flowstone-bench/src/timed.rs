@@ -125,6 +125,10 @@ impl Store for TimedStore {
         .await
     }
 
+    fn commits_in_flight(&self) -> usize {
+        self.inner.commits_in_flight()
+    }
+
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>> {
         let n = batch.len() as u64;
         self.timed("fail", |_| n, self.inner.fail(batch)).await

@@ -785,6 +785,18 @@ pub trait Store: Send + Sync + 'static {
         Ok((outcomes, claimed))
     }
 
+    /// How many completion batches a worker loop may have committing at
+    /// once. A backend whose commits wait for a log flush that concurrent
+    /// commits share (PostgreSQL's group commit) gains from more than one;
+    /// the loop then also claims on its own as soon as steps finish, rather
+    /// than with the batch that records them, so that no slot waits for a
+    /// flush. Fencing makes the batches independent: each names its own
+    /// steps, and a batch that fails leaves them `running`. Default 1: each
+    /// batch claims for the free slots, and the loop waits for its answer.
+    fn commits_in_flight(&self) -> usize {
+        1
+    }
+
     /// Records failures; see the module guarantees.
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>>;
 

@@ -11,6 +11,15 @@
 //!    step's materialization, lineage edges, events and the release of its
 //!    downstream steps commit together (see [`crate::store`]).
 //!
+//! By default a batch also claims for the free slots, and the loop waits for
+//! its answer. A store that gains from overlapping commits
+//! ([`Store::commits_in_flight`] above 1, PostgreSQL) has up to that many
+//! batches committing, each in a task of its own, while the loop claims on
+//! its own for the slots their steps left and keeps working; its batches
+//! claim only when the last claim found the queue drained (steps they
+//! release are then claimed at once). Each step is in one batch, and a
+//! batch that fails leaves its steps `running`, as a crash would.
+//!
 //! A step whose value was stored but whose commit did not happen (a crash
 //! between 2 and 3) is still `running` in the store; it is released and runs
 //! again, and only that second run is recorded. A materialization is recorded
@@ -246,8 +255,13 @@ async fn claim_work_commit(
 ) -> Result<LoopEnd, StoreError> {
     let store = &shared.store;
     let max_parallel = opts.max_parallel.max(1);
-    let mut tasks: JoinSet<Finished> = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, (ClaimedStep, Timestamp)> = HashMap::new();
+    // With more than one batch committing at once, a step's slot is filled
+    // again by a claim of its own as soon as the step finishes, instead of
+    // by the claim of the batch that records the step, which returns only
+    // after that batch's log flush.
+    let in_flight = store.commits_in_flight().max(1);
+    let claim_ahead = in_flight > 1;
+    let mut work = Work::default();
     let mut last_counts = std::time::Instant::now();
     let mut seen = Progress::default();
     if let Some(run) = opts.run {
@@ -261,19 +275,37 @@ async fn claim_work_commit(
 
     // Whether the last commit already claimed for the free slots.
     let mut claimed_with_commit = false;
+    // Claiming ahead: whether the last claim found fewer ready steps than
+    // it asked for; batches then claim, as they may release some.
+    let mut drained = false;
     loop {
         let signal = *stop.borrow();
 
-        // Claim: fill the free slots (unless the commit just did).
-        if signal == Stop::No && running.len() < max_parallel && !claimed_with_commit {
-            let req = claim_request(shared, opts, running.len());
+        // Claim: fill the free slots, unless the last commit just did (or,
+        // claiming ahead, the queue looked empty at the last claim). Claiming
+        // ahead, the steps claimed and not yet recorded stay within
+        // `in_flight` times the slots, so that batches stay small when the
+        // database falls behind.
+        let mut free = work.free(max_parallel);
+        if claim_ahead {
+            free = free.min((max_parallel * in_flight).saturating_sub(work.unrecorded()));
+        }
+        let claim_now = if claim_ahead {
+            !drained
+        } else {
+            !claimed_with_commit
+        };
+        if signal == Stop::No && free > 0 && claim_now {
+            let req = claim_request(shared, opts, free);
             let claimed = retry("claim", stop, || store.claim(req.clone())).await?;
-            spawn_claimed(shared, claimed, &mut tasks, &mut running).await;
+            drained = claimed.len() < free;
+            spawn_claimed(shared, claimed, &mut work.tasks, &mut work.running).await;
         }
         claimed_with_commit = false;
 
-        // Nothing running: finished, stopped, or waiting for work.
-        if running.is_empty() {
+        // Nothing running or committing: finished, stopped, or waiting for
+        // work.
+        if work.running.is_empty() && work.commits.is_empty() {
             if signal != Stop::No {
                 return Ok(LoopEnd::Stopped);
             }
@@ -297,25 +329,37 @@ async fn claim_work_commit(
                 _ = stop.changed() => {}
                 _ = next_notice(&mut notices, opts.run) => {}
             }
+            drained = false;
             continue;
         }
 
-        // Work: wait for at least one step, then take every one that is ready.
-        let mut batch = Vec::new();
-        let mut runs = HashSet::new();
+        // Work: wait for a step to finish, then take every one that is
+        // ready; or for a batch to commit.
+        let mut answer = None;
         tokio::select! {
-            joined = tasks.join_next_with_id() => {
-                if let Some(joined) = joined {
-                    batch.push(finished(joined, &mut running, shared, &mut runs));
-                }
+            Some(joined) = work.tasks.join_next_with_id(), if !work.tasks.is_empty() => {
+                work.take(joined, shared);
+                work.linger(shared).await;
+            }
+            Some(joined) = work.commits.join_next_with_id(), if !work.commits.is_empty() => {
+                answer = Some(joined);
             }
             _ = stop.changed() => {
                 if *stop.borrow() == Stop::Abort {
-                    tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
+                    work.tasks.abort_all();
+                    while work.tasks.join_next().await.is_some() {}
+                    // Batches committing finish first, so that the release
+                    // below sees the steps they claimed.
+                    while let Some(joined) = work.commits.join_next().await {
+                        if let Ok(Committed { steps, .. }) = joined {
+                            shared.let_go(steps);
+                        }
+                    }
                     let released = release_own(store.as_ref(), &shared.worker, opts.run)
                         .await?;
-                    shared.let_go(running.values().map(|(step, _)| step.id));
+                    shared.let_go(work.running.values().map(|(step, _)| step.id));
+                    shared.let_go(work.ready.done.iter().map(|c| c.step));
+                    shared.let_go(work.ready.failed.iter().map(|f| f.step));
                     tracing::info!(worker = %shared.worker, steps = released.len(),
                                    "released running steps");
                     return Ok(LoopEnd::Stopped);
@@ -323,85 +367,40 @@ async fn claim_work_commit(
                 continue;
             }
         }
-        while let Some(joined) = tasks.try_join_next_with_id() {
-            batch.push(finished(joined, &mut running, shared, &mut runs));
-        }
-        // Steps that finish within a moment of each other share a commit:
-        // each commit waits for the database to flush its log, so it costs
-        // about as much for one step as for thirty (no-op steps claimed by
-        // the last commit finish within microseconds, but are polled one
-        // after another). Waits while steps keep finishing, at most
-        // `LINGER` for the next one and `LINGER_MAX` in all.
-        let lingering = std::time::Instant::now();
-        while !running.is_empty() && lingering.elapsed() < LINGER_MAX {
-            match tokio::time::timeout(LINGER, tasks.join_next_with_id()).await {
-                Ok(Some(joined)) => batch.push(finished(joined, &mut running, shared, &mut runs)),
-                Ok(None) | Err(_) => break,
-            }
-            while let Some(joined) = tasks.try_join_next_with_id() {
-                batch.push(finished(joined, &mut running, shared, &mut runs));
+        if let Some(joined) = answer {
+            let (claimed, allowed) =
+                committed(shared, opts, stop, &mut work, &mut seen, joined).await?;
+            if allowed > 0 {
+                drained = claimed < allowed;
             }
         }
 
-        // Commit: one batch of completions, one of failures.
-        let (done, failed): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|f| matches!(f, Finished::Done(_)));
-        let done: Vec<Completion> = done
-            .into_iter()
-            .filter_map(|f| match f {
-                Finished::Done(c) => Some(*c),
-                Finished::Failed(_) => None,
-            })
-            .collect();
-        let failed: Vec<Failure> = failed
-            .into_iter()
-            .filter_map(|f| match f {
-                Finished::Failed(f) => Some(f),
-                Finished::Done(_) => None,
-            })
-            .collect();
-        // Failures first, so the steps they skip are never claimed below.
-        if !failed.is_empty() {
+        // Commit: failures at once, before the completions, so that the
+        // steps they skip are never claimed; completions in a batch of their
+        // own when fewer than `in_flight` are committing.
+        if !work.ready.failed.is_empty() {
+            let failed = std::mem::take(&mut work.ready.failed);
             seen.failed += failed.iter().filter(|f| f.retry_at.is_none()).count() as u64;
             retry("fail", stop, || store.fail(failed.clone())).await?;
             shared.let_go(failed.iter().map(|f| f.step));
+            if work.ready.done.is_empty() {
+                let runs = std::mem::take(&mut work.ready.runs);
+                finish_runs(shared, opts, stop, &work, runs).await?;
+            }
         }
-        if !done.is_empty() {
-            // Completions and the next claim share one store call (one
-            // transaction on SQLite): downstream steps they release are
-            // claimed at once.
-            let mut next = claim_request(shared, opts, running.len());
-            if *stop.borrow() != Stop::No {
+        if !work.ready.done.is_empty() && work.commits.len() < in_flight {
+            // The batch claims too (downstream steps it releases are claimed
+            // at once), unless claims of their own fill the slots.
+            let mut next = claim_request(shared, opts, work.free(max_parallel));
+            if *stop.borrow() != Stop::No || (claim_ahead && !drained) {
                 next.limit = 0;
             }
-            // A retry after a lost answer is safe: what was recorded is
-            // fenced the second time.
-            let (outcomes, claimed) = retry("complete_and_claim", stop, || {
-                store.complete_and_claim(done.clone(), next.clone())
-            })
-            .await?;
-            shared.let_go(done.iter().map(|c| c.step));
-            seen.recorded += outcomes
-                .iter()
-                .filter(|o| matches!(o, crate::store::Outcome::Recorded(_)))
-                .count() as u64;
-            claimed_with_commit = !claimed.is_empty();
-            spawn_claimed(shared, claimed, &mut tasks, &mut running).await;
-        }
-
-        // A worker serving every run finishes the runs whose last step it
-        // just recorded; a worker on one run leaves that to its caller. A
-        // run with a step running here (claimed just now, or before) has a
-        // live step: no need to ask the store.
-        if opts.run.is_none() {
-            for run in runs {
-                if running.values().any(|(step, _)| step.run_id == run) {
-                    continue;
-                }
-                if !retry("has_live_steps", stop, || store.has_live_steps(run)).await? {
-                    retry("finish_run", stop, || finish_run(store.as_ref(), run)).await?;
-                }
+            work.send(shared, stop, next);
+            // Without claiming ahead, the loop waits for the batch's answer.
+            if !claim_ahead && let Some(joined) = work.commits.join_next_with_id().await {
+                let (claimed, _) =
+                    committed(shared, opts, stop, &mut work, &mut seen, joined).await?;
+                claimed_with_commit = claimed > 0;
             }
         }
 
@@ -414,6 +413,184 @@ async fn claim_work_commit(
         }
         progress.send_replace(seen.clone());
     }
+}
+
+/// What a worker loop holds: steps running, steps finished and not yet
+/// sent, batches committing.
+#[derive(Default)]
+struct Work {
+    tasks: JoinSet<Finished>,
+    /// The claim each task runs, and when it started.
+    running: HashMap<tokio::task::Id, (ClaimedStep, Timestamp)>,
+    /// Finished steps not yet sent to the store.
+    ready: Ready,
+    /// Completion batches committing, each in a task of its own.
+    commits: JoinSet<Committed>,
+    /// The runs of each batch committing.
+    committing: HashMap<tokio::task::Id, HashSet<RunId>>,
+    /// Slots that the claims of the batches committing may fill.
+    reserved: usize,
+    /// Steps in the batches committing.
+    recording: usize,
+}
+
+/// Finished steps, ready to commit.
+#[derive(Default)]
+struct Ready {
+    done: Vec<Completion>,
+    failed: Vec<Failure>,
+    runs: HashSet<RunId>,
+}
+
+/// A completion batch's answer, with what the loop needs to take it.
+struct Committed {
+    /// The batch's steps, held until it answers.
+    steps: Vec<StepId>,
+    /// The slots its claim was allowed to fill.
+    reserved: usize,
+    result: Result<(Vec<crate::store::Outcome>, Vec<ClaimedStep>), StoreError>,
+}
+
+impl Work {
+    /// The slots neither running a step nor promised to a batch's claim.
+    fn free(&self, max_parallel: usize) -> usize {
+        max_parallel.saturating_sub(self.running.len() + self.reserved)
+    }
+
+    /// Steps claimed here and not yet recorded: running, finished, or in a
+    /// batch committing.
+    fn unrecorded(&self) -> usize {
+        self.running.len() + self.ready.done.len() + self.ready.failed.len() + self.recording
+    }
+
+    /// Whether a step of `run` is running here, finished but not sent, or
+    /// in a batch still committing.
+    fn holds_run(&self, run: RunId) -> bool {
+        self.running.values().any(|(step, _)| step.run_id == run)
+            || self.ready.runs.contains(&run)
+            || self.committing.values().any(|runs| runs.contains(&run))
+    }
+
+    /// Adds a joined step task to the ready steps.
+    fn take(
+        &mut self,
+        joined: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
+        shared: &Shared,
+    ) {
+        match finished(joined, &mut self.running, shared, &mut self.ready.runs) {
+            Finished::Done(c) => self.ready.done.push(*c),
+            Finished::Failed(f) => self.ready.failed.push(f),
+        }
+    }
+
+    /// Takes every step that finished, then waits while steps keep
+    /// finishing, at most [`LINGER`] for the next one and [`LINGER_MAX`] in
+    /// all: steps that finish within a moment of each other share a commit,
+    /// and each commit waits for the database to flush its log, so it costs
+    /// about as much for one step as for thirty (no-op steps claimed
+    /// together finish within microseconds, but are polled one after
+    /// another).
+    async fn linger(&mut self, shared: &Shared) {
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            self.take(joined, shared);
+        }
+        let lingering = std::time::Instant::now();
+        while !self.running.is_empty() && lingering.elapsed() < LINGER_MAX {
+            match tokio::time::timeout(LINGER, self.tasks.join_next_with_id()).await {
+                Ok(Some(joined)) => self.take(joined, shared),
+                Ok(None) | Err(_) => break,
+            }
+            while let Some(joined) = self.tasks.try_join_next_with_id() {
+                self.take(joined, shared);
+            }
+        }
+    }
+
+    /// Sends the ready completions to the store in a task of its own, with
+    /// the claim `next`. A retry after a lost answer is safe: what was
+    /// recorded is fenced the second time.
+    fn send(&mut self, shared: &Shared, stop: &watch::Receiver<Stop>, next: ClaimRequest) {
+        let done = std::mem::take(&mut self.ready.done);
+        let runs = std::mem::take(&mut self.ready.runs);
+        let reserved = next.limit as usize;
+        let steps: Vec<StepId> = done.iter().map(|c| c.step).collect();
+        let steps_len = steps.len();
+        let store = shared.store.clone();
+        let stop = stop.clone();
+        let handle = self.commits.spawn(async move {
+            let result = retry("complete_and_claim", &stop, || {
+                store.complete_and_claim(done.clone(), next.clone())
+            })
+            .await;
+            Committed {
+                steps,
+                reserved,
+                result,
+            }
+        });
+        self.reserved += reserved;
+        self.recording += steps_len;
+        self.committing.insert(handle.id(), runs);
+    }
+}
+
+/// Takes a completion batch's answer: lets its steps go, starts the steps
+/// it claimed, and (serving every run) finishes the runs whose last step it
+/// recorded. Returns how many steps it claimed, and how many it was allowed.
+async fn committed(
+    shared: &Arc<Shared>,
+    opts: &WorkerOptions,
+    stop: &watch::Receiver<Stop>,
+    work: &mut Work,
+    seen: &mut Progress,
+    joined: Result<(tokio::task::Id, Committed), tokio::task::JoinError>,
+) -> Result<(usize, usize), StoreError> {
+    let (id, committed) = match joined {
+        Ok(joined) => joined,
+        Err(err) => match err.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            Err(err) => return Err(StoreError::backend(err)),
+        },
+    };
+    let runs = work.committing.remove(&id).unwrap_or_default();
+    work.reserved -= committed.reserved;
+    work.recording -= committed.steps.len();
+    let (outcomes, claimed) = committed.result?;
+    shared.let_go(committed.steps);
+    seen.recorded += outcomes
+        .iter()
+        .filter(|o| matches!(o, crate::store::Outcome::Recorded(_)))
+        .count() as u64;
+    let counts = (claimed.len(), committed.reserved);
+    spawn_claimed(shared, claimed, &mut work.tasks, &mut work.running).await;
+    finish_runs(shared, opts, stop, work, runs).await?;
+    Ok(counts)
+}
+
+/// A worker serving every run finishes the runs whose last step it just
+/// recorded; a worker on one run leaves that to its caller. A run with a
+/// step here (running, finished or being recorded) has a live step: no need
+/// to ask the store.
+async fn finish_runs(
+    shared: &Shared,
+    opts: &WorkerOptions,
+    stop: &watch::Receiver<Stop>,
+    work: &Work,
+    runs: HashSet<RunId>,
+) -> Result<(), StoreError> {
+    if opts.run.is_some() {
+        return Ok(());
+    }
+    let store = &shared.store;
+    for run in runs {
+        if work.holds_run(run) {
+            continue;
+        }
+        if !retry("has_live_steps", stop, || store.has_live_steps(run)).await? {
+            retry("finish_run", stop, || finish_run(store.as_ref(), run)).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The next notice for `run` (any run when `None`); never, without notices.
@@ -514,12 +691,12 @@ where
     }
 }
 
-/// A claim for the slots `running` leaves free.
-fn claim_request(shared: &Shared, opts: &WorkerOptions, running: usize) -> ClaimRequest {
+/// A claim for `free` slots.
+fn claim_request(shared: &Shared, opts: &WorkerOptions, free: usize) -> ClaimRequest {
     ClaimRequest {
         worker: shared.worker.clone(),
         run: opts.run,
-        limit: opts.max_parallel.max(1).saturating_sub(running) as u32,
+        limit: u32::try_from(free).unwrap_or(u32::MAX),
         now: Timestamp::now(),
         lease: opts.lease,
         queues: opts.queues.clone(),

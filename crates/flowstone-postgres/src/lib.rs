@@ -63,6 +63,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// and batches, so a handful serves a worker of any concurrency.
 const POOL_SIZE: u32 = 8;
 
+/// Connections per process for claims on their own (`claims`).
+const CLAIM_POOL_SIZE: u32 = 4;
+
+/// Completion batches a worker loop may have committing at once; see
+/// [`Store::commits_in_flight`].
+const COMMITS_IN_FLIGHT: usize = 2;
+
 /// FlowStone's store in a PostgreSQL database.
 ///
 /// Cheap to share behind an `Arc`; all methods take `&self`.
@@ -70,6 +77,10 @@ pub struct PostgresStore {
     /// What [`Store::describe`] prints: the URL without its password.
     describe: String,
     pool: PgPool,
+    /// Connections for claims on their own ([`Store::claim`]), whose
+    /// commits do not wait for the log flush (`synchronous_commit = off`);
+    /// see `write_claim` for why that is safe. Nothing else uses them.
+    claims: PgPool,
     /// Notices from the `flowstone` channel, fed by one listening connection
     /// started at the first call to [`Store::notices`].
     notices: tokio::sync::broadcast::Sender<Notice>,
@@ -116,6 +127,11 @@ impl PostgresStore {
         migrate(&mut conn, &shown).await?;
         conn.close().await.map_err(StoreError::backend)?;
 
+        let claims = PgPoolOptions::new()
+            .max_connections(CLAIM_POOL_SIZE)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .min_connections(0)
@@ -125,6 +141,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             describe: shown,
             pool,
+            claims,
             notices: tokio::sync::broadcast::channel(1024).0,
             listening: std::sync::OnceLock::new(),
             limited_seen: std::sync::atomic::AtomicBool::new(false),
@@ -233,6 +250,12 @@ impl Store for PostgresStore {
         next: ClaimRequest,
     ) -> StoreResult<(Vec<Outcome>, Vec<ClaimedStep>)> {
         self.write_complete_and_claim(batch, next).await
+    }
+
+    /// Two: the log flushes of two batches overlap (or are one), and claims
+    /// on their own do not wait for a flush (see `write_claim`).
+    fn commits_in_flight(&self) -> usize {
+        COMMITS_IN_FLIGHT
     }
 
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>> {
