@@ -202,9 +202,15 @@ async fn killed_workers_lose_no_step() {
 
     let events = store.events(run, None, 1_000_000).await.unwrap();
     let materialized = materialized_attempts(&store, run).await;
-    for kill in &kills {
-        kill.check_rescued(&events, &materialized);
-    }
+    let rescued: usize = kills
+        .iter()
+        .map(|kill| kill.check_rescued(&events, &materialized))
+        .sum();
+    assert!(
+        rescued > 0,
+        "no step of the {} killed workers was rescued",
+        kills.len()
+    );
 }
 
 /// The leader is SIGKILLed while it runs steps: another worker takes the
@@ -278,7 +284,8 @@ async fn a_killed_leader_is_replaced_and_maintenance_goes_on() {
     check_one_materialization_per_step(&store, run).await;
     let events = store.events(run, None, 100_000).await.unwrap();
     let materialized = materialized_attempts(&store, run).await;
-    kill.check_rescued(&events, &materialized);
+    let rescued = kill.check_rescued(&events, &materialized);
+    assert!(rescued > 0, "no step of the dead leader was rescued");
 }
 
 /// Every backend of the test database is terminated three times during a
@@ -662,8 +669,13 @@ impl Kill {
 
     /// Checks that the killed worker's steps were rescued in time: each step
     /// it was running was rescued, or had been recorded just before the
-    /// kill; and some step was rescued.
-    fn check_rescued(&self, events: &[EventRecord], materialized: &HashSet<(StepId, u32)>) {
+    /// kill (a batch may commit between the test's look and the kill).
+    /// Returns how many were rescued.
+    fn check_rescued(
+        &self,
+        events: &[EventRecord],
+        materialized: &HashSet<(StepId, u32)>,
+    ) -> usize {
         let rescues: BTreeMap<StepId, &EventRecord> = events
             .iter()
             .filter(|e| {
@@ -673,14 +685,8 @@ impl Kill {
             })
             .filter_map(|e| Some((e.step_id?, e)))
             .collect();
-        assert!(
-            !rescues.is_empty(),
-            "no step of killed worker {} was rescued",
-            self.pid
-        );
-
         let bound = SignedDuration::try_from(self.rescue_within()).unwrap();
-        let latest = rescues.values().map(|e| e.at).max().expect("not empty");
+        let latest = rescues.values().map(|e| e.at).max().unwrap_or(self.at);
         eprintln!(
             "killed worker {} (leader: {}) with {} step(s) running: {} rescued, the last \
              {:.2} s after the kill (bound {:.2} s)",
@@ -707,6 +713,7 @@ impl Kill {
                 self.pid
             );
         }
+        rescues.len()
     }
 }
 
