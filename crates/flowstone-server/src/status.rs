@@ -112,8 +112,10 @@ impl StatusCache {
         let mut current = self.current.lock().await;
         let started = std::time::Instant::now();
         let Some(old) = current.clone() else {
-            let newest = newest_event(engine, None).await?;
-            let snapshot = Arc::new(compute(engine, newest).await?);
+            // Where the log stands before reading, so that what is appended
+            // while the status is computed is applied by the next request.
+            let position = engine.store().events_position().await?;
+            let snapshot = Arc::new(compute(engine, position).await?);
             tracing::debug!(target: "flowstone::server",
                             ms = started.elapsed().as_secs_f64() * 1e3, "status computed");
             *current = Some(snapshot.clone());
@@ -145,14 +147,6 @@ impl StatusCache {
         crate::memory::trim_soon();
         Ok(snapshot)
     }
-}
-
-/// The id of the newest event, reading forward from `known`.
-async fn newest_event(
-    engine: &Engine,
-    known: Option<EventId>,
-) -> Result<Option<EventId>, EngineError> {
-    Ok(read_changes(engine, known).await?.newest)
 }
 
 /// The events after `after`: the newest id, and the asset partitions whose

@@ -2,7 +2,10 @@
 //!
 //! Reads run on the reader pool outside any write transaction; each sees the
 //! database as of its last commit. Every method is a fixed number of queries,
-//! whatever the number of rows (no query per partition or per run).
+//! whatever the number of rows (no query per partition or per run). Reads
+//! that can return thousands of rows turn each row into its record as it
+//! arrives ([`records`]), so that a large result never sits in memory twice,
+//! as rows and as records: the peak is what the allocator keeps afterwards.
 
 use std::collections::HashMap;
 
@@ -13,9 +16,10 @@ use flowstone_core::store::{
 use flowstone_core::{
     AssetKey, AssetPartition, EventId, MaterializationId, RunId, StepId, WorkerId,
 };
+use futures::TryStreamExt;
 use jiff::Timestamp;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
 
 use crate::SqliteStore;
 use crate::codec::{self, DbResult, materialization_columns};
@@ -115,16 +119,13 @@ impl SqliteStore {
 
     pub(crate) async fn read_steps(&self, run: RunId) -> StoreResult<Vec<StepRecord>> {
         let mut conn = self.reader().await?;
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT id, run_id, asset_key, partition_key, state, attempt, max_attempts, worker, \
                  started_at, finished_at, error \
              FROM steps WHERE run_id = ?1 ORDER BY id",
         )
-        .bind(run.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .db()?;
-        rows.iter().map(codec::step).collect()
+        .bind(run.to_string());
+        records(query, &mut conn, codec::step).await
     }
 
     pub(crate) async fn read_step_counts(&self, run: RunId) -> StoreResult<StepCounts> {
@@ -153,17 +154,14 @@ impl SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>> {
         let mut conn = self.reader().await?;
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT id, run_id, step_id, at, kind, level, message, data FROM events \
              WHERE run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )
         .bind(run.to_string())
         .bind(after.map_or(0, |e| e.0))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .db()?;
-        rows.iter().map(codec::event).collect()
+        .bind(i64::from(limit));
+        records(query, &mut conn, codec::event).await
     }
 
     pub(crate) async fn read_materialization(
@@ -210,14 +208,9 @@ impl SqliteStore {
                             AND x.partition_key IS t.value ->> 1) \
                   FROM jsonb_each(?1) AS t)"
         );
-        let rows = sqlx::query(sql)
-            .bind(serde_json::Value::Array(items).to_string())
-            .fetch_all(&mut *conn)
-            .await
-            .db()?;
+        let query = sqlx::query(sql).bind(serde_json::Value::Array(items).to_string());
         let mut found: HashMap<AssetPartition, MaterializationRecord> = HashMap::new();
-        for row in &rows {
-            let m = codec::materialization(row)?;
+        for m in records(query, &mut conn, codec::materialization).await? {
             found.insert(m.target.clone(), m);
         }
 
@@ -240,11 +233,12 @@ impl SqliteStore {
               WHERE m.id IN (SELECT max(id) FROM materializations \
                              WHERE asset_key = ?1 GROUP BY partition_key)"
         );
-        let latest = sqlx::query(sql)
-            .bind(asset.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .db()?;
+        let latest = records(
+            sqlx::query(sql).bind(asset.as_str()),
+            &mut conn,
+            codec::materialization,
+        )
+        .await?;
 
         // The newest failed step per partition, from the partial index of
         // failed steps (SQLite takes the bare columns from the max row).
@@ -259,10 +253,6 @@ impl SqliteStore {
         .db()?;
         drop(conn);
 
-        let latest = latest
-            .iter()
-            .map(codec::materialization)
-            .collect::<StoreResult<Vec<_>>>()?;
         let mut found = Vec::with_capacity(failures.len());
         for row in &failures {
             let key: Option<String> = row.try_get("partition_key").db()?;
@@ -296,20 +286,15 @@ impl SqliteStore {
         };
 
         let mut conn = self.reader().await?;
-        let rows = sqlx::query(sql)
-            .bind(serde_json::to_string(&ids).unwrap_or_default())
-            .fetch_all(&mut *conn)
-            .await
-            .db()?;
-        rows.iter()
-            .map(|row| {
-                let edge = LineageEdge {
-                    consumer: MaterializationId(row.try_get("edge_consumer").db()?),
-                    input: MaterializationId(row.try_get("edge_input").db()?),
-                };
-                Ok((edge, codec::materialization(row)?))
-            })
-            .collect()
+        let query = sqlx::query(sql).bind(serde_json::to_string(&ids).unwrap_or_default());
+        records(query, &mut conn, |row| {
+            let edge = LineageEdge {
+                consumer: MaterializationId(row.try_get("edge_consumer").db()?),
+                input: MaterializationId(row.try_get("edge_input").db()?),
+            };
+            Ok((edge, codec::materialization(row)?))
+        })
+        .await
     }
 
     pub(crate) async fn read_materializations_of_run(
@@ -322,12 +307,8 @@ impl SqliteStore {
             materialization_columns!(),
             " FROM materializations m WHERE m.run_id = ?1 ORDER BY m.id"
         );
-        let rows = sqlx::query(sql)
-            .bind(run.to_string())
-            .fetch_all(&mut *conn)
-            .await
-            .db()?;
-        rows.iter().map(codec::materialization).collect()
+        let query = sqlx::query(sql).bind(run.to_string());
+        records(query, &mut conn, codec::materialization).await
     }
 }
 
@@ -412,15 +393,28 @@ impl SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>> {
         let mut conn = self.reader().await?;
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT id, run_id, step_id, at, kind, level, message, data FROM events \
              WHERE id > ?1 ORDER BY id LIMIT ?2",
         )
         .bind(after.map_or(0, |e| e.0))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .db()?;
-        rows.iter().map(codec::event).collect()
+        .bind(i64::from(limit));
+        records(query, &mut conn, codec::event).await
     }
+}
+
+/// The rows of `query`, each turned into a record by `convert` as it
+/// arrives. Unlike `fetch_all` and a conversion after it, the whole result
+/// never exists as rows: at most the connection's row buffer does.
+async fn records<'q, T>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments>,
+    conn: &mut SqliteConnection,
+    mut convert: impl FnMut(&SqliteRow) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut rows = query.fetch(conn);
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await.db()? {
+        out.push(convert(&row)?);
+    }
+    Ok(out)
 }

@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! cargo build --release -p flights
-//! cargo run --release -p flowstone-bench --bin serve-bench -- [--store DIR] [--flights PATH]
+//! cargo run --release -p flowstone-bench --bin serve-bench -- \
+//!     [--store DIR] [--flights PATH] [--serve-only]
 //! ```
 //!
 //! `--store` names a store filled by the main job (`flights backfill --all`);
 //! without it a temporary one is filled first. The bench forces a backfill
 //! of `raw_weather` through the server, so give it a copy of a store you
-//! keep. Only loopback is used.
+//! keep. `--flights` names another build's binary, to compare builds with
+//! the same client; `--serve-only` leaves out the in-process part. Only
+//! loopback is used.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,12 +31,16 @@ use flowstone_server::{ServeOptions, Server};
 fn main() -> anyhow::Result<()> {
     let mut store: Option<PathBuf> = None;
     let mut flights: Option<PathBuf> = None;
+    let mut serve_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--store" => store = args.next().map(PathBuf::from),
             "--flights" => flights = args.next().map(PathBuf::from),
-            other => bail!("unknown argument {other:?}; give --store DIR and/or --flights PATH"),
+            "--serve-only" => serve_only = true,
+            other => bail!(
+                "unknown argument {other:?}; give --store DIR, --flights PATH and/or --serve-only"
+            ),
         }
     }
     let flights = match flights {
@@ -72,7 +79,9 @@ fn main() -> anyhow::Result<()> {
     };
 
     serve_process(&flights, &store)?;
-    in_process()?;
+    if !serve_only {
+        in_process()?;
+    }
     Ok(())
 }
 
@@ -149,14 +158,10 @@ fn serve_process(flights: &Path, store: &Path) -> anyhow::Result<()> {
     );
     // Idle: past the two trims that follow the last request (1 s, 6 s).
     std::thread::sleep(Duration::from_secs(7));
-    println!(
-        "idle RSS after that: {:.1} MiB (peak {:.1} MiB)",
-        rss_mib(child.id())?,
-        hwm_mib(child.id())?
-    );
+    println!("idle after that: {}", Memory::of(child.id())?);
     let latencies = repeat(1000, || get(&mut stream, "/api/v1/assets").map(|_| ()))?;
     report("GET /api/v1/assets (keep-alive, 1000 requests)", latencies);
-    println!("RSS after those requests: {:.1} MiB", rss_mib(child.id())?);
+    println!("after those requests: {}", Memory::of(child.id())?);
     let graph = repeat(100, || get(&mut stream, "/ui/graph").map(|_| ()))?;
     report("GET /ui/graph (the graph's SVG, 100 requests)", graph);
 
@@ -199,11 +204,7 @@ fn serve_process(flights: &Path, store: &Path) -> anyhow::Result<()> {
     );
     // Idle: past the two trims that follow the last request (1 s, 6 s).
     std::thread::sleep(Duration::from_secs(7));
-    println!(
-        "idle RSS after the backfill: {:.1} MiB (peak {:.1} MiB)",
-        rss_mib(child.id())?,
-        hwm_mib(child.id())?
-    );
+    println!("idle after the backfill: {}", Memory::of(child.id())?);
     let _ = child.kill();
     let _ = child.wait();
     Ok(())
@@ -402,23 +403,46 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    proc_status_mib(pid, "VmRSS:")
+/// A process's memory from `/proc/PID/status`, in MiB.
+struct Memory {
+    rss: f64,
+    /// Heap, stacks and other private memory.
+    anon: f64,
+    /// Mapped files, nearly all of it the binary's code.
+    file: f64,
+    /// The peak resident set.
+    peak: f64,
+    threads: u32,
 }
 
-/// The peak resident set.
-fn hwm_mib(pid: u32) -> anyhow::Result<f64> {
-    proc_status_mib(pid, "VmHWM:")
+impl Memory {
+    fn of(pid: u32) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> anyhow::Result<f64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("{name} in /proc/PID/status"))
+        };
+        Ok(Memory {
+            rss: field("VmRSS")? / 1024.0,
+            anon: field("RssAnon")? / 1024.0,
+            file: field("RssFile")? / 1024.0,
+            peak: field("VmHWM")? / 1024.0,
+            threads: field("Threads")? as u32,
+        })
+    }
 }
 
-fn proc_status_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("{field} in /proc/PID/status"))?;
-    Ok(kib / 1024.0)
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSS {:.1} MiB (anon {:.1}, file {:.1}; peak {:.1} MiB), {} threads",
+            self.rss, self.anon, self.file, self.peak, self.threads
+        )
+    }
 }
 
 /// One request on a keep-alive connection; the body by Content-Length.
