@@ -1775,13 +1775,15 @@ pub async fn lease_has_one_holder_and_terms(store: Arc<dyn Store>) {
         Some(taken.clone())
     );
     store.release_lease(&taken).await.must("release");
-    assert!(
-        store
-            .acquire_lease("leader", &a, long, now())
-            .await
-            .must("acquire")
-            .is_some(),
-        "a released lease is free at once"
+    let next = store
+        .acquire_lease("leader", &a, long, now())
+        .await
+        .must("acquire")
+        .expect("a released lease is free at once");
+    assert_eq!(
+        next.term,
+        taken.term + 1,
+        "the term after a release follows the released one"
     );
 }
 

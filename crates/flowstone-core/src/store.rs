@@ -982,7 +982,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Lease>>;
 
     /// Gives up the lease if `lease.holder` still holds it in `lease.term`, so
-    /// another process can take it at once.
+    /// another process can take it at once, in the next term (the lease is
+    /// left expired, so terms only grow).
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
 
     /// The lease `name` as it stands, expired or not.

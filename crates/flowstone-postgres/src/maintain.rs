@@ -65,13 +65,17 @@ impl PostgresStore {
     }
 
     pub(crate) async fn write_release_lease(&self, held: &Lease) -> StoreResult<()> {
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2 AND term = $3")
-            .bind(held.name.as_str())
-            .bind(held.holder.0.as_str())
-            .bind(term(held))
-            .execute(&self.pool)
-            .await
-            .db()?;
+        // Expired, not deleted: the next holder's term follows this one.
+        sqlx::query(
+            "UPDATE leases SET expires_at = 'epoch' \
+             WHERE name = $1 AND holder = $2 AND term = $3",
+        )
+        .bind(held.name.as_str())
+        .bind(held.holder.0.as_str())
+        .bind(term(held))
+        .execute(&self.pool)
+        .await
+        .db()?;
         Ok(())
     }
 

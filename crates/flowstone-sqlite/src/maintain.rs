@@ -56,13 +56,16 @@ impl SqliteStore {
 
     pub(crate) async fn write_release_lease(&self, held: &Lease) -> StoreResult<()> {
         let mut conn = self.writer.lock().await;
-        sqlx::query("DELETE FROM leases WHERE name = ?1 AND holder = ?2 AND term = ?3")
-            .bind(held.name.as_str())
-            .bind(held.holder.0.as_str())
-            .bind(i64::try_from(held.term).unwrap_or(i64::MAX))
-            .execute(&mut *conn)
-            .await
-            .db()?;
+        // Expired, not deleted: the next holder's term follows this one.
+        sqlx::query(
+            "UPDATE leases SET expires_at = 0 WHERE name = ?1 AND holder = ?2 AND term = ?3",
+        )
+        .bind(held.name.as_str())
+        .bind(held.holder.0.as_str())
+        .bind(i64::try_from(held.term).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await
+        .db()?;
         Ok(())
     }
 

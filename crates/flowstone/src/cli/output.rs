@@ -448,7 +448,7 @@ impl Printer {
             self.emit(&json!({ "workers": workers, "leader": leader }));
             return;
         }
-        match leader {
+        match leader.filter(|lease| lease.expires_at > Timestamp::now()) {
             Some(lease) => outln!(
                 "leader: {} (term {}, lease until {})",
                 lease.holder,
