@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::api::LaunchRequest;
-use crate::auth::{Principal, Verdict};
+use crate::auth::{Principal, Right, Verdict};
 use crate::error::{ApiError, ApiResult};
 use crate::graph::{Grouping, NodeInfo, NodeState, ViewNode};
 
@@ -490,6 +490,12 @@ fn asset_key(key: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     Ok(key?.0)
 }
 
+/// The definition of the asset a page names.
+fn asset_def(state: &AppState, key: &str) -> ApiResult<std::sync::Arc<flowstone_core::AssetDef>> {
+    let defs = state.engine().definitions();
+    Ok(defs.lookup(key).map_err(ApiError::UnknownAsset)?.clone())
+}
+
 async fn asset_page(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
@@ -497,12 +503,9 @@ async fn asset_page(
 ) -> PageResult<Html<String>> {
     let key = asset_key(key)?;
     let Query(query) = query.map_err(ApiError::from)?;
-    let def = state
-        .engine()
-        .definitions()
-        .lookup(&key)
-        .map_err(ApiError::UnknownAsset)?
-        .clone();
+    let def = asset_def(&state, &key)?;
+    // A read token cannot launch: show no forms that would be refused.
+    let read_only = crate::auth::signed_in().is_some_and(|who| who.right < Right::Launch);
     let defs = state.engine().definitions();
     let href = href_asset(&def.key);
     let example = def
@@ -551,7 +554,7 @@ async fn asset_page(
                     @if defs.downstream_of(&def.key).is_empty() { "none" }
                 }
             }
-            @if crate::auth::signed_in().is_some_and(|who| who.right < crate::auth::Right::Launch) {
+            @if read_only {
                 p.hint { "Your token has the read right: launching runs needs a token with the \
                           launch right." }
             } @else {
@@ -600,12 +603,7 @@ async fn asset_fragment(
     key: Result<Path<String>, PathRejection>,
 ) -> PageResult<Html<String>> {
     let key = asset_key(key)?;
-    let def = state
-        .engine()
-        .definitions()
-        .lookup(&key)
-        .map_err(ApiError::UnknownAsset)?
-        .clone();
+    let def = asset_def(&state, &key)?;
     Ok(Html(
         partitions_fragment(&state, &def.key).await?.into_string(),
     ))
@@ -623,12 +621,7 @@ async fn chart_route(
 ) -> PageResult<Html<String>> {
     let key = asset_key(key)?;
     let Query(query) = query.map_err(ApiError::from)?;
-    let def = state
-        .engine()
-        .definitions()
-        .lookup(&key)
-        .map_err(ApiError::UnknownAsset)?
-        .clone();
+    let def = asset_def(&state, &key)?;
     Ok(Html(
         chart_fragment(&state, &def, query.metric.as_deref())
             .await?

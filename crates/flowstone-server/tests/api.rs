@@ -795,6 +795,18 @@ async fn event_stream_pushes_run_step_and_materialization_events() {
     );
 }
 
+/// A request with a JSON launch body, and `token` as a bearer header.
+fn token_request(method: Method, uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    request
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({ "assets": ["config"] }).to_string()))
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_guard_every_route_and_launch_needs_the_right() {
     let read = "read-secret-0123456789";
@@ -805,16 +817,7 @@ async fn tokens_guard_every_route_and_launch_needs_the_right() {
             .with(launch, Right::Launch),
     )
     .await;
-    let with = |method: Method, uri: &str, token: Option<&str>| {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({ "assets": ["config"] }).to_string()))
-            .unwrap()
-    };
+    let with = token_request;
 
     let (status, _) = app.get("/api/v1/health").await;
     assert_eq!(status, StatusCode::OK, "the health check needs no token");
@@ -923,16 +926,7 @@ async fn open_address_without_a_token_is_refused() {
 async fn store_tokens_take_effect_at_once() {
     let app = app().await;
     let store = app.state.engine().store().clone();
-    let bearer = |method: Method, uri: &str, token: Option<&str>| {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({ "assets": ["config"] }).to_string()))
-            .unwrap()
-    };
+    let bearer = token_request;
     let (status, _) = app.get("/api/v1/assets").await;
     assert_eq!(
         status,
