@@ -797,6 +797,12 @@ pub trait Store: Send + Sync + 'static {
         1
     }
 
+    /// Lets go of memory the store keeps only for speed (page caches of
+    /// idle connections), so that an idle process gives it back to the
+    /// operating system. Called by a server that has gone quiet; it must
+    /// not wait for busy connections. Default: nothing to let go.
+    async fn release_memory(&self) {}
+
     /// Records failures; see the module guarantees.
     async fn fail(&self, batch: Vec<Failure>) -> StoreResult<Vec<Outcome>>;
 

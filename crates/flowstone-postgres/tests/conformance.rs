@@ -77,4 +77,5 @@ cases!(
     run_caps_hold_across_claimers,
     release_unknown_hands_back_lost_claims,
     tokens_by_hash_revoked_and_renamed,
+    release_memory_loses_nothing,
 );

@@ -212,6 +212,14 @@ impl SqliteStore {
     }
 }
 
+/// Frees the unused pages of one connection's cache; a failure only means
+/// the memory is kept, so it is logged, not returned.
+async fn shrink_memory(conn: &mut SqliteConnection) {
+    if let Err(err) = sqlx::query("PRAGMA shrink_memory").execute(conn).await {
+        tracing::debug!(error = %err, "cannot shrink the connection's memory");
+    }
+}
+
 async fn migrate(conn: &mut SqliteConnection, shown: &str) -> StoreResult<()> {
     use sqlx::migrate::MigrateError;
 
@@ -274,6 +282,28 @@ impl Store for SqliteStore {
 
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
         Some(self.notices.subscribe())
+    }
+
+    async fn release_memory(&self) {
+        // Idle read connections are closed: each holds a copy of the schema,
+        // its prepared statements, a page cache and a thread. The pool opens
+        // them again on the next read (about a millisecond). The writer
+        // stays open, and `shrink_memory` frees the pages of its cache that
+        // no statement holds. Busy connections are left alone.
+        if let Some(pool) = &self.readers {
+            let mut idle = Vec::new();
+            while let Some(conn) = pool.try_acquire() {
+                idle.push(conn);
+            }
+            for conn in idle {
+                if let Err(err) = conn.close().await {
+                    tracing::debug!(error = %err, "cannot close an idle read connection");
+                }
+            }
+        }
+        if let Ok(mut writer) = self.writer.try_lock() {
+            shrink_memory(&mut writer).await;
+        }
     }
 
     async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
@@ -523,5 +553,42 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>> {
         self.read_events_since(after, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle server's `release_memory` closes the idle read connections
+    /// (the pool opens them again on the next read) and keeps the writer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn release_memory_closes_idle_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let pool = store.readers.clone().expect("a file store has readers");
+        // Two reads at once open both read connections.
+        let (a, b) = tokio::join!(store.runs(10), store.runs(10));
+        a.unwrap();
+        b.unwrap();
+        // A connection goes back to the pool a moment after its read.
+        for _ in 0..200 {
+            if pool.num_idle() == pool.size() as usize {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            pool.num_idle(),
+            2,
+            "both read connections are open and idle"
+        );
+
+        store.release_memory().await;
+        assert_eq!(pool.size(), 0, "every idle read connection is closed");
+        assert!(store.runs(10).await.unwrap().is_empty(), "reads go on");
+        assert!(pool.size() > 0, "the pool opened a connection again");
     }
 }

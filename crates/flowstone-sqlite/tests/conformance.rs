@@ -71,6 +71,7 @@ cases!(
     run_caps_hold_across_claimers,
     release_unknown_hands_back_lost_claims,
     tokens_by_hash_revoked_and_renamed,
+    release_memory_loses_nothing,
 );
 
 /// The whole suite through `run_all`, against in-memory stores.
