@@ -198,19 +198,12 @@ fn asset_json(state: &AppState, def: &AssetDef, view: Option<&AssetView>) -> Val
             "dimensions": p.dimensions(),
         })
     });
-    let latest = view.and_then(|v| {
-        v.status
-            .partitions
-            .iter()
-            .filter(|p| p.materialized_at.is_some())
-            .max_by_key(|p| p.materialized_at)
-            .map(|p| {
-                json!({
-                    "materialization_id": p.latest,
-                    "partition": p.partition,
-                    "finished_at": p.materialized_at,
-                })
-            })
+    let latest = view.and_then(AssetView::latest).map(|(partition, id, at)| {
+        json!({
+            "materialization_id": id,
+            "partition": partition,
+            "finished_at": at,
+        })
     });
     json!({
         "key": def.key,
@@ -224,7 +217,7 @@ fn asset_json(state: &AppState, def: &AssetDef, view: Option<&AssetView>) -> Val
         "upstream": defs.upstream_of(&def.key).iter().map(|d| &d.key).collect::<Vec<_>>(),
         "downstream": defs.downstream_of(&def.key).iter().map(|d| &d.key).collect::<Vec<_>>(),
         "partitions": partitions,
-        "counts": view.map(|v| v.status.counts),
+        "counts": view.map(|v| v.counts),
         "latest": latest,
     })
 }
@@ -331,7 +324,7 @@ async fn partitions(
     Ok(Json(json!({
         "asset": def.key,
         "total": total,
-        "counts": view.status.counts,
+        "counts": view.counts,
         "offset": offset,
         "limit": limit,
         "partitions": rows,
@@ -355,7 +348,7 @@ async fn ranges(
     Ok(Json(json!({
         "asset": def.key,
         "total": p.len(now),
-        "counts": view.status.counts,
+        "counts": view.counts,
         "ranges": view.ranges(p, now),
     })))
 }

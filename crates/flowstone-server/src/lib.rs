@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use flowstone_core::{Engine, EngineError, Stop};
 use tokio::sync::watch;
 
@@ -116,6 +117,7 @@ struct Inner {
     status: status::StatusCache,
     layouts: graph::LayoutCache,
     runs: runs::Runs,
+    memory: Arc<memory::Trimmer>,
 }
 
 impl AppState {
@@ -131,6 +133,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 runs: runs::Runs::new(feed.clone()),
+                memory: memory::Trimmer::new(engine.store().clone()),
                 auth: auth::Auth::new(tokens, engine.store().clone(), loopback),
                 engine,
                 feed,
@@ -166,9 +169,10 @@ pub fn router(state: AppState) -> Router {
         ))
         // A page can read many records for a moment (a heatmap, a chart):
         // hand the memory back once the requests of a second are answered.
-        .layer(axum::middleware::map_response(
-            |response: axum::response::Response| async {
-                memory::trim_soon();
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            |State(state): State<AppState>, response: axum::response::Response| async move {
+                state.inner.memory.trim_soon();
                 response
             },
         ))
@@ -235,6 +239,7 @@ impl Server {
                 tracing::warn!(target: "flowstone::server", error = %err,
                                "cannot compute the status");
             }
+            warm.inner.memory.trim_soon();
         }));
 
         let app = router(state.clone());

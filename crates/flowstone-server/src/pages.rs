@@ -199,12 +199,7 @@ async fn asset_states(
     let states = snapshot
         .assets
         .iter()
-        .map(|(key, view)| {
-            (
-                key.clone(),
-                node_state(&view.status.counts, running.contains(key)),
-            )
-        })
+        .map(|(key, view)| (key.clone(), node_state(&view.counts, running.contains(key))))
         .collect();
     Ok((snapshot, states))
 }
@@ -240,7 +235,7 @@ async fn graph_svg(state: &AppState, grouping: &Grouping) -> ApiResult<String> {
         .map(|node| match node {
             ViewNode::Asset(key) => {
                 let detail = snapshot.assets.get(key).map_or(String::new(), |v| {
-                    let c = v.status.counts;
+                    let c = v.counts;
                     format!("{}/{}", c.materialized + c.stale, c.total)
                 });
                 NodeInfo {
@@ -387,13 +382,7 @@ async fn graph_node(
         let def = defs.lookup(key).map_err(ApiError::UnknownAsset)?;
         let view = snapshot.assets.get(&def.key);
         let s = states.get(&def.key).copied().unwrap_or(NodeState::Missing);
-        let latest = view.and_then(|v| {
-            v.status
-                .partitions
-                .iter()
-                .filter_map(|p| p.materialized_at)
-                .max()
-        });
+        let latest = view.and_then(|v| v.latest()).map(|(_, _, at)| at);
         let href = href_asset(&def.key);
         let pills = |list: Vec<&std::sync::Arc<flowstone_core::asset::AssetDef>>| {
             html! {
@@ -408,7 +397,7 @@ async fn graph_node(
                 h2 data-node=(query.id) { a href=(href) { (def.key.as_str()) } }
                 p { span class=(format!("chip state-{}", s.name())) { (s.marker()) " " (s.name()) } }
                 @if let Some(d) = &def.description { p.description { (d) } }
-                @if let Some(v) = view { p.counts { (chips(&v.status.counts)) } }
+                @if let Some(v) = view { p.counts { (chips(&v.counts)) } }
                 dl.facts.narrow {
                     dt { "Partitions" }
                     dd { (def.partitions.as_ref().map_or("none".to_owned(), |p| p.describe())) }
@@ -443,7 +432,7 @@ async fn graph_node(
     let mut total = flowstone_core::query::StatusCounts::default();
     for key in members {
         if let Some(v) = snapshot.assets.get(key) {
-            let c = v.status.counts;
+            let c = v.counts;
             total.total += c.total;
             total.materialized += c.materialized;
             total.stale += c.stale;
@@ -729,7 +718,7 @@ async fn partitions_fragment(state: &AppState, key: &AssetKey) -> ApiResult<Mark
         .assets
         .get(key)
         .ok_or_else(|| ApiError::Internal(format!("no status for {key}")))?;
-    let c = view.status.counts;
+    let c = view.counts;
     let href = href_asset(key);
     let counts = html! {
         p.counts #counts data-materialized=(c.materialized) data-stale=(c.stale)

@@ -21,11 +21,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use flowstone_core::query::{AssetStatus, PartitionStatus};
+use flowstone_core::query::{AssetStatus, PartitionStatus, StatusCounts};
 use flowstone_core::store::{EventKind, EventRecord};
 use flowstone_core::{
-    AssetKey, AssetPartition, Definitions, Engine, EngineError, EventId, PartitionKey,
-    PartitionState,
+    AssetKey, AssetPartition, Definitions, Engine, EngineError, EventId, MaterializationId,
+    PartitionKey, PartitionState,
 };
 use flowstone_partitions::PartitionsDef;
 use jiff::Timestamp;
@@ -44,48 +44,229 @@ pub struct Snapshot {
     pub assets: HashMap<AssetKey, Arc<AssetView>>,
 }
 
-/// One asset's status, with its records in partition order and indexed.
+/// One asset's status: its counts and its recorded partitions, in
+/// partition order.
+///
+/// A view lives as long as the server, so it is kept compact: a record
+/// holds no allocation of its own (its key and reason are spans of one
+/// text), and a view is a handful of allocations whatever its size.
+/// Small allocations made one by one while the status is computed would
+/// be scattered among the computation's freed memory and keep its pages
+/// from going back to the system (about 5 MiB on the flights store).
 pub struct AssetView {
-    pub status: AssetStatus,
-    /// `(partition index, position in status.partitions)`, by index; empty
-    /// for an unpartitioned asset.
-    pub by_index: Vec<(u64, usize)>,
-    /// Position in `status.partitions` by partition key.
-    pub by_key: HashMap<String, usize>,
+    pub counts: StatusCounts,
+    /// By partition index; the records with no index (an unpartitioned
+    /// asset's, or a key the definition no longer has) come first.
+    records: Vec<Record>,
+    /// Where the records with an index start.
+    indexed_from: usize,
+    /// Positions in `records` of the records with a key, by key.
+    by_key: Vec<usize>,
+    /// Every key and reason, end to end.
+    text: String,
+}
+
+/// A partition's state, without its reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Materialized,
+    Stale,
+    Failed,
+    Missing,
+}
+
+impl Kind {
+    fn of(state: &PartitionState) -> (Kind, &str) {
+        match state {
+            PartitionState::Materialized => (Kind::Materialized, ""),
+            PartitionState::Stale(why) => (Kind::Stale, why),
+            PartitionState::Failed(why) => (Kind::Failed, why),
+            PartitionState::Missing => (Kind::Missing, ""),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Materialized => "materialized",
+            Kind::Stale => "stale",
+            Kind::Failed => "failed",
+            Kind::Missing => "missing",
+        }
+    }
+}
+
+/// One recorded partition; `key` and `reason` are spans of the view's text.
+#[derive(Clone, Debug)]
+struct Record {
+    index: Option<u64>,
+    key: Option<std::ops::Range<usize>>,
+    kind: Kind,
+    reason: std::ops::Range<usize>,
+    latest: Option<MaterializationId>,
+    materialized_at: Option<Timestamp>,
 }
 
 impl AssetView {
     fn new(status: AssetStatus, def: Option<&PartitionsDef>, now: Timestamp) -> AssetView {
-        let mut by_index = Vec::new();
-        let mut by_key = HashMap::new();
-        for (i, p) in status.partitions.iter().enumerate() {
-            let Some(key) = &p.partition else { continue };
-            by_key.insert(key.as_str().to_owned(), i);
-            if let Some(index) = def.and_then(|d| d.index_of(key.as_str(), now).ok()) {
-                by_index.push((index, i));
-            }
+        let mut view = ViewBuilder::default();
+        for p in &status.partitions {
+            let key = p.partition.as_ref().map(|k| k.as_str());
+            let index = key.and_then(|k| def?.index_of(k, now).ok());
+            view.push_status(index, p);
         }
-        by_index.sort_unstable();
-        AssetView {
-            status,
-            by_index,
-            by_key,
-        }
+        view.finish(status.counts)
     }
 
-    /// The recorded status of one partition (`None` for an unpartitioned
-    /// asset's only one).
-    fn partition(&self, key: Option<&PartitionKey>) -> Option<&PartitionStatus> {
+    fn key(&self, record: &Record) -> Option<&str> {
+        record.key.clone().map(|span| &self.text[span])
+    }
+
+    fn reason(&self, record: &Record) -> &str {
+        &self.text[record.reason.clone()]
+    }
+
+    /// The record of one partition (`None` for an unpartitioned asset's
+    /// only one).
+    fn record(&self, key: Option<&str>) -> Option<&Record> {
         match key {
             Some(key) => self
                 .by_key
-                .get(key.as_str())
-                .map(|&i| &self.status.partitions[i]),
-            None => self
-                .status
-                .partitions
-                .iter()
-                .find(|p| p.partition.is_none()),
+                .binary_search_by(|&at| self.key(&self.records[at]).unwrap_or("").cmp(key))
+                .ok()
+                .map(|found| &self.records[self.by_key[found]]),
+            None => self.records.iter().find(|r| r.key.is_none()),
+        }
+    }
+
+    /// The records with a partition index, in index order.
+    fn indexed(&self) -> &[Record] {
+        &self.records[self.indexed_from..]
+    }
+
+    /// The newest materialization of any partition: its partition, id and
+    /// time.
+    pub fn latest(&self) -> Option<(Option<&str>, MaterializationId, Timestamp)> {
+        self.records
+            .iter()
+            .filter_map(|r| Some((r, r.latest?, r.materialized_at?)))
+            .max_by_key(|(_, _, at)| *at)
+            .map(|(r, id, at)| (self.key(r), id, at))
+    }
+
+    /// The records as the engine reports them.
+    #[cfg(test)]
+    fn partitions(&self) -> Vec<PartitionStatus> {
+        self.records
+            .iter()
+            .map(|r| {
+                let reason = self.reason(r).to_owned();
+                PartitionStatus {
+                    partition: self.key(r).map(PartitionKey::from),
+                    state: match r.kind {
+                        Kind::Materialized => PartitionState::Materialized,
+                        Kind::Stale => PartitionState::Stale(reason),
+                        Kind::Failed => PartitionState::Failed(reason),
+                        Kind::Missing => PartitionState::Missing,
+                    },
+                    latest: r.latest,
+                    materialized_at: r.materialized_at,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Collects records in any order and lays them out as a view.
+#[derive(Default)]
+struct ViewBuilder {
+    records: Vec<Record>,
+    text: String,
+}
+
+impl ViewBuilder {
+    fn push_status(&mut self, index: Option<u64>, p: &PartitionStatus) {
+        let (kind, reason) = Kind::of(&p.state);
+        let key = p.partition.as_ref().map(|k| k.as_str());
+        self.push(index, key, kind, reason, p.latest, p.materialized_at);
+    }
+
+    /// A record of another view, its text copied.
+    fn push_record(&mut self, from: &AssetView, r: &Record) {
+        self.push(
+            r.index,
+            from.key(r),
+            r.kind,
+            from.reason(r),
+            r.latest,
+            r.materialized_at,
+        );
+    }
+
+    fn push(
+        &mut self,
+        index: Option<u64>,
+        key: Option<&str>,
+        kind: Kind,
+        reason: &str,
+        latest: Option<MaterializationId>,
+        materialized_at: Option<Timestamp>,
+    ) {
+        let mut span = |s: &str| {
+            let start = self.text.len();
+            self.text.push_str(s);
+            start..self.text.len()
+        };
+        let key = key.map(&mut span);
+        let reason = span(reason);
+        self.records.push(Record {
+            index,
+            key,
+            kind,
+            reason,
+            latest,
+            materialized_at,
+        });
+    }
+
+    /// The counts of the recorded states, with `total` partitions in all.
+    fn counts(&self, total: u64) -> StatusCounts {
+        let mut counts = StatusCounts {
+            total,
+            ..Default::default()
+        };
+        for r in &self.records {
+            match r.kind {
+                Kind::Materialized => counts.materialized += 1,
+                Kind::Stale => counts.stale += 1,
+                Kind::Failed => counts.failed += 1,
+                Kind::Missing => {}
+            }
+        }
+        counts.missing = total.saturating_sub(counts.materialized + counts.stale + counts.failed);
+        counts
+    }
+
+    fn finish(self, counts: StatusCounts) -> AssetView {
+        let ViewBuilder {
+            mut records,
+            mut text,
+        } = self;
+        // Stable: records with no index keep the order they came in.
+        records.sort_by_key(|r| r.index);
+        records.shrink_to_fit();
+        text.shrink_to_fit();
+        let indexed_from = records.partition_point(|r| r.index.is_none());
+        let mut by_key: Vec<usize> = (0..records.len())
+            .filter(|&at| records[at].key.is_some())
+            .collect();
+        let key = |at: usize| records[at].key.clone().map_or("", |span| &text[span]);
+        by_key.sort_by(|&a, &b| key(a).cmp(key(b)));
+        AssetView {
+            counts,
+            records,
+            indexed_from,
+            by_key,
+            text,
         }
     }
 }
@@ -119,7 +300,6 @@ impl StatusCache {
             tracing::debug!(target: "flowstone::server",
                             ms = started.elapsed().as_secs_f64() * 1e3, "status computed");
             *current = Some(snapshot.clone());
-            crate::memory::trim_soon();
             return Ok(snapshot);
         };
         let changes = read_changes(engine, old.as_of).await?;
@@ -144,7 +324,6 @@ impl StatusCache {
         let snapshot = Arc::new(snapshot);
         *current = Some(snapshot.clone());
         drop(old);
-        crate::memory::trim_soon();
         Ok(snapshot)
     }
 }
@@ -308,13 +487,10 @@ async fn update(
             let target = AssetPartition::new(key.clone(), p.clone());
             let error = match changed.get(&target) {
                 Some(change) => change.clone(),
-                None => before
-                    .as_ref()
-                    .and_then(|v| v.partition(p.as_ref()))
-                    .and_then(|s| match &s.state {
-                        PartitionState::Failed(error) => Some(error.clone()),
-                        _ => None,
-                    }),
+                None => before.as_ref().and_then(|v| {
+                    let r = v.record(p.as_ref().map(|k| k.as_str()))?;
+                    (r.kind == Kind::Failed).then(|| v.reason(r).to_owned())
+                }),
             };
             if let Some(error) = error {
                 failed.insert(p.clone(), error);
@@ -325,8 +501,8 @@ async fn update(
         let is_stale = |input: &AssetPartition| {
             assets
                 .get(&input.asset)
-                .and_then(|v| v.partition(input.partition.as_ref()))
-                .is_some_and(|s| matches!(s.state, PartitionState::Stale(_)))
+                .and_then(|v| v.record(input.partition.as_ref().map(|k| k.as_str())))
+                .is_some_and(|r| r.kind == Kind::Stale)
         };
         let fresh = engine
             .partition_statuses(def, &partitions, &failed, &is_stale)
@@ -339,8 +515,8 @@ async fn update(
 }
 
 /// An asset's view with the `assessed` partitions replaced by `fresh`:
-/// the other records keep their place and their known index, so only the
-/// new ones have their key parsed.
+/// the other records keep their known index, so only the new ones have
+/// their key parsed.
 fn merge(
     def: &flowstone_core::AssetDef,
     before: Option<&AssetView>,
@@ -348,69 +524,30 @@ fn merge(
     fresh: Vec<PartitionStatus>,
     now: Timestamp,
 ) -> AssetView {
-    let assessed: std::collections::HashSet<&Option<PartitionKey>> = assessed.iter().collect();
-    let mut rows: Vec<(Option<u64>, PartitionStatus)> = Vec::new();
+    let assessed: std::collections::HashSet<Option<&str>> = assessed
+        .iter()
+        .map(|p| p.as_ref().map(|k| k.as_str()))
+        .collect();
+    let mut view = ViewBuilder::default();
     if let Some(before) = before {
-        let index_at: HashMap<usize, u64> =
-            before.by_index.iter().map(|&(i, at)| (at, i)).collect();
-        rows.extend(
-            before
-                .status
-                .partitions
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !assessed.contains(&p.partition))
-                .map(|(at, p)| (index_at.get(&at).copied(), p.clone())),
-        );
-    }
-    let index_of = |p: &PartitionStatus| {
-        let key = p.partition.as_ref()?;
-        def.partitions.as_ref()?.index_of(key.as_str(), now).ok()
-    };
-    rows.extend(
-        fresh
-            .into_iter()
-            .filter(|p| p.state != PartitionState::Missing || p.latest.is_some())
-            .map(|p| (index_of(&p), p)),
-    );
-    rows.sort_by_key(|(index, _)| *index);
-
-    let mut counts = flowstone_core::query::StatusCounts {
-        total: def.partitions.as_ref().map_or(1, |p| p.len(now)),
-        ..Default::default()
-    };
-    let mut by_index = Vec::new();
-    let mut by_key = HashMap::new();
-    let mut partitions = Vec::with_capacity(rows.len());
-    for (at, (index, p)) in rows.into_iter().enumerate() {
-        match &p.state {
-            PartitionState::Materialized => counts.materialized += 1,
-            PartitionState::Stale(_) => counts.stale += 1,
-            PartitionState::Failed(_) => counts.failed += 1,
-            PartitionState::Missing => {}
+        for r in &before.records {
+            if !assessed.contains(&before.key(r)) {
+                view.push_record(before, r);
+            }
         }
-        if let Some(key) = &p.partition {
-            by_key.insert(key.as_str().to_owned(), at);
-        }
-        if let Some(index) = index {
-            by_index.push((index, at));
-        }
-        partitions.push(p);
     }
-    counts.missing = counts
-        .total
-        .saturating_sub(counts.materialized + counts.stale + counts.failed);
-    AssetView {
-        status: AssetStatus {
-            asset: def.key.clone(),
-            partitions_def: def.partitions.as_ref().map(|p| p.describe()),
-            code_version: def.code_version.clone(),
-            counts,
-            partitions,
-        },
-        by_index,
-        by_key,
+    for p in fresh
+        .iter()
+        .filter(|p| p.state != PartitionState::Missing || p.latest.is_some())
+    {
+        let index = p
+            .partition
+            .as_ref()
+            .and_then(|key| def.partitions.as_ref()?.index_of(key.as_str(), now).ok());
+        view.push_status(index, p);
     }
+    let counts = view.counts(def.partitions.as_ref().map_or(1, |p| p.len(now)));
+    view.finish(counts)
 }
 
 /// One partition as the API shows it.
@@ -439,8 +576,8 @@ pub struct StateRange {
 
 impl AssetView {
     fn row(&self, index: u64, key: String) -> PartitionRow {
-        match self.by_key.get(&key) {
-            Some(&i) => row_of(index, key, &self.status.partitions[i]),
+        match self.record(Some(&key)) {
+            Some(r) => self.row_of(index, key, r),
             None => PartitionRow {
                 index,
                 partition: key,
@@ -479,15 +616,14 @@ impl AssetView {
     ) -> Vec<PartitionRow> {
         if state != "missing" {
             return self
-                .by_index
+                .indexed()
                 .iter()
-                .filter(|(_, i)| self.status.partitions[*i].state.name() == state)
+                .filter(|r| r.kind.name() == state)
                 .skip(offset as usize)
                 .take(limit as usize)
-                .map(|&(index, i)| {
-                    let p = &self.status.partitions[i];
-                    let key = p.partition.as_ref().map_or("", |k| k.as_str()).to_owned();
-                    row_of(index, key, p)
+                .filter_map(|r| {
+                    let key = self.key(r).unwrap_or("").to_owned();
+                    Some(self.row_of(r.index?, key, r))
                 })
                 .collect();
         }
@@ -518,7 +654,7 @@ impl AssetView {
     /// Index ranges with no record (missing partitions), in order.
     fn gaps(&self, total: u64) -> impl Iterator<Item = std::ops::Range<u64>> + '_ {
         let mut next = 0u64;
-        let mut records = self.by_index.iter().map(|(index, _)| *index);
+        let mut records = self.indexed().iter().filter_map(|r| r.index);
         let mut done = false;
         std::iter::from_fn(move || {
             while !done {
@@ -543,6 +679,21 @@ impl AssetView {
         })
     }
 
+    fn row_of(&self, index: u64, key: String, r: &Record) -> PartitionRow {
+        let reason = match r.kind {
+            Kind::Stale | Kind::Failed => Some(self.reason(r).to_owned()),
+            Kind::Materialized | Kind::Missing => None,
+        };
+        PartitionRow {
+            index,
+            partition: key,
+            state: r.kind.name(),
+            reason,
+            latest: r.latest.map(|id| id.0),
+            materialized_at: r.materialized_at,
+        }
+    }
+
     /// The whole partition space as runs of one state, in index order.
     pub fn ranges(&self, def: &PartitionsDef, now: Timestamp) -> Vec<StateRange> {
         let total = def.len(now);
@@ -552,14 +703,15 @@ impl AssetView {
             _ => out.push((from, to, state)),
         };
         let mut next = 0u64;
-        for &(index, i) in &self.by_index {
+        for r in self.indexed() {
+            let Some(index) = r.index else { continue };
             if index >= total {
                 break;
             }
             if index > next {
                 push(next, index - 1, "missing");
             }
-            push(index, index, self.status.partitions[i].state.name());
+            push(index, index, r.kind.name());
             next = index + 1;
         }
         if next < total {
@@ -582,21 +734,6 @@ fn key_at(def: &PartitionsDef, index: u64, now: Timestamp) -> String {
     def.key_at(index, now)
         .map(|k| k.as_str().to_owned())
         .unwrap_or_default()
-}
-
-fn row_of(index: u64, key: String, p: &PartitionStatus) -> PartitionRow {
-    let reason = match &p.state {
-        PartitionState::Stale(why) | PartitionState::Failed(why) => Some(why.clone()),
-        PartitionState::Materialized | PartitionState::Missing => None,
-    };
-    PartitionRow {
-        index,
-        partition: key,
-        state: p.state.name(),
-        reason,
-        latest: p.latest.map(|id| id.0),
-        materialized_at: p.materialized_at,
-    }
 }
 
 #[cfg(test)]
@@ -663,16 +800,142 @@ mod tests {
             .assets
             .iter()
             .map(|(key, view)| {
-                let s = &view.status;
-                let partitions: Vec<String> = s
-                    .partitions
+                let partitions: Vec<String> = view
+                    .partitions()
                     .iter()
                     .map(|p| format!("{:?} {:?} {:?}", p.partition, p.state, p.latest))
                     .collect();
-                let text = format!("{:?} {partitions:?} {:?}", s.counts, view.by_index);
+                let indexes: Vec<Option<u64>> = view.records.iter().map(|r| r.index).collect();
+                let text = format!("{:?} {partitions:?} {indexes:?}", view.counts);
                 (key.to_string(), text)
             })
             .collect()
+    }
+
+    /// A view keeps every record, in partition order, finds each by key,
+    /// and pages, ranges and the latest materialization read from it.
+    #[test]
+    fn compact_view_keeps_every_record() {
+        let def = TimeWindowPartitions::daily("2024-01-01")
+            .time_zone("UTC")
+            .end("2024-01-06")
+            .build()
+            .unwrap();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let record = |key: &str, state: PartitionState, latest: Option<i64>, when: Option<&str>| {
+            PartitionStatus {
+                partition: Some(PartitionKey::from(key)),
+                state,
+                latest: latest.map(MaterializationId),
+                materialized_at: when.map(at),
+            }
+        };
+        let counts = StatusCounts {
+            total: 5,
+            materialized: 2,
+            stale: 1,
+            failed: 1,
+            missing: 1,
+        };
+        // Out of order, and one key the definition does not have.
+        let given = vec![
+            record(
+                "2024-01-03",
+                PartitionState::Materialized,
+                Some(3),
+                Some("2024-02-03T00:00:00Z"),
+            ),
+            record(
+                "2024-01-01",
+                PartitionState::Stale("input changed".into()),
+                Some(1),
+                Some("2024-02-01T00:00:00Z"),
+            ),
+            record(
+                "2024-01-02",
+                PartitionState::Failed("boom".into()),
+                None,
+                None,
+            ),
+            record(
+                "old-key",
+                PartitionState::Materialized,
+                Some(9),
+                Some("2024-01-09T00:00:00Z"),
+            ),
+        ];
+        let status = AssetStatus {
+            asset: AssetKey::new("numbers").unwrap(),
+            partitions_def: Some(def.describe()),
+            code_version: "v1".into(),
+            counts,
+            partitions: given.clone(),
+        };
+        let now = at("2024-03-01T00:00:00Z");
+        let view = AssetView::new(status, Some(&def), now);
+
+        let keys: Vec<String> = view
+            .partitions()
+            .iter()
+            .map(|p| p.partition.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(keys, ["old-key", "2024-01-01", "2024-01-02", "2024-01-03"]);
+        for p in &given {
+            let key = p.partition.as_ref().map(|k| k.as_str());
+            let r = view
+                .record(key)
+                .unwrap_or_else(|| panic!("{key:?} is found"));
+            assert_eq!(view.key(r), key);
+            assert_eq!(r.kind, Kind::of(&p.state).0);
+            assert_eq!(view.reason(r), Kind::of(&p.state).1);
+            assert_eq!((r.latest, r.materialized_at), (p.latest, p.materialized_at));
+        }
+        assert!(view.record(Some("2024-01-04")).is_none());
+        assert!(view.record(None).is_none(), "no unpartitioned record");
+        assert_eq!(view.counts, counts);
+        assert_eq!(
+            view.latest().map(|(key, id, _)| (key, id)),
+            Some((Some("2024-01-03"), MaterializationId(3)))
+        );
+
+        let page: Vec<(String, &str, Option<String>)> = view
+            .page(&def, 0, 10, now)
+            .into_iter()
+            .map(|r| (r.partition, r.state, r.reason))
+            .collect();
+        assert_eq!(
+            page,
+            [
+                ("2024-01-01".into(), "stale", Some("input changed".into())),
+                ("2024-01-02".into(), "failed", Some("boom".into())),
+                ("2024-01-03".into(), "materialized", None),
+                ("2024-01-04".into(), "missing", None),
+                ("2024-01-05".into(), "missing", None),
+            ]
+        );
+        let failed = view.page_in_state(&def, "failed", 0, 10, now);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            (failed[0].index, failed[0].partition.as_str()),
+            (1, "2024-01-02")
+        );
+        let missing = view.page_in_state(&def, "missing", 1, 10, now);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].partition, "2024-01-05");
+        let ranges: Vec<(&str, u64, u64)> = view
+            .ranges(&def, now)
+            .iter()
+            .map(|r| (r.state, r.from_index, r.to_index))
+            .collect();
+        assert_eq!(
+            ranges,
+            [
+                ("stale", 0, 0),
+                ("failed", 1, 1),
+                ("materialized", 2, 2),
+                ("missing", 3, 4),
+            ]
+        );
     }
 
     /// After each change, the updated snapshot equals one computed whole.
@@ -704,7 +967,6 @@ mod tests {
         let filled = check("a backfill").await;
         assert_eq!(
             filled.assets[&AssetKey::new("total").unwrap()]
-                .status
                 .counts
                 .materialized,
             5
@@ -721,13 +983,10 @@ mod tests {
             .await
             .unwrap();
         let stale = check("a new upstream materialization").await;
-        let total = &stale.assets[&AssetKey::new("total").unwrap()].status;
+        let total = &stale.assets[&AssetKey::new("total").unwrap()];
         assert_eq!(total.counts.stale, 1);
         assert_eq!(
-            stale.assets[&AssetKey::new("month").unwrap()]
-                .status
-                .counts
-                .stale,
+            stale.assets[&AssetKey::new("month").unwrap()].counts.stale,
             1
         );
         assert!(Arc::ptr_eq(
@@ -739,8 +998,8 @@ mod tests {
         failing.lock().unwrap().insert("2024-01-03".to_owned());
         let _ = engine.materialize("numbers", Some("2024-01-03")).await;
         let failed = check("a failure").await;
-        let numbers = &failed.assets[&AssetKey::new("numbers").unwrap()].status;
-        assert_eq!(numbers.counts.failed, 1, "{:?}", numbers.partitions);
+        let numbers = &failed.assets[&AssetKey::new("numbers").unwrap()];
+        assert_eq!(numbers.counts.failed, 1, "{:?}", numbers.partitions());
         failing.lock().unwrap().clear();
         engine
             .materialize("numbers", Some("2024-01-03"))
@@ -751,7 +1010,7 @@ mod tests {
             .await
             .unwrap();
         let fixed = check("a fix").await;
-        let numbers = &fixed.assets[&AssetKey::new("numbers").unwrap()].status;
+        let numbers = &fixed.assets[&AssetKey::new("numbers").unwrap()];
         assert_eq!(numbers.counts.failed, 0);
         assert_eq!(numbers.counts.materialized, 5);
     }
