@@ -14,6 +14,9 @@
 //! A token from the store is looked up by hash on every request, so creating
 //! or revoking one with the CLI takes effect at once, in every server that
 //! shares the store; whether any token exists is asked at most once a second.
+//! An open event stream outlives its request: it keeps the [`Credential`]
+//! it was let in with (the secret's hash, never the secret) and is checked
+//! again every [`RECHECK_STREAMS_EVERY`], ending once it would be refused.
 //! A request that passes carries its [`Principal`] in its extensions: runs
 //! it launches are recorded as started by the token's name.
 //!
@@ -70,6 +73,18 @@ pub struct Principal {
     pub right: Right,
 }
 
+/// A presented secret, kept only as its blake3 hash: what an open event
+/// stream holds on to so its token can be checked again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Credential(blake3::Hash);
+
+impl Credential {
+    /// The credential of a presented secret; `None` for an empty one.
+    pub(crate) fn of(secret: &str) -> Option<Credential> {
+        (!secret.is_empty()).then(|| Credential(blake3::hash(secret.as_bytes())))
+    }
+}
+
 /// What checking a request's token found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -101,6 +116,10 @@ const ANY_STORED_FOR: Duration = Duration::from_secs(1);
 /// How often a token's `last_used_at` is written at most.
 const NOTE_USE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often an open event stream's token is checked again: a revoked or
+/// expired token's stream ends within this much (plus a store read).
+pub const RECHECK_STREAMS_EVERY: Duration = Duration::from_secs(5);
+
 impl Auth {
     pub(crate) fn new(configured: Tokens, store: Arc<dyn Store>, loopback: bool) -> Self {
         Auth {
@@ -114,14 +133,24 @@ impl Auth {
 
     /// What a request presenting `secret` (or none) may do.
     pub(crate) async fn check(&self, secret: Option<&str>) -> StoreResult<Verdict> {
-        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-            if let Some((index, right)) = self.configured.find(secret) {
+        self.check_credential(secret.and_then(Credential::of)).await
+    }
+
+    /// What a request presenting `credential` (or none) may do: a
+    /// configured token by hash, else the store's token with that hash,
+    /// else open or refused.
+    pub(crate) async fn check_credential(
+        &self,
+        credential: Option<Credential>,
+    ) -> StoreResult<Verdict> {
+        if let Some(Credential(presented)) = credential {
+            if let Some((index, right)) = self.configured.find(&presented) {
                 let name = format!("FLOWSTONE_API_TOKENS[{index}]");
                 return Ok(Verdict::Valid(Principal { name, right }));
             }
             let now = jiff::Timestamp::now();
-            let hash = flowstone_core::token::hash(secret);
-            if let Some(token) = self.store.token_by_hash(&hash).await?
+            let hash = presented.to_hex();
+            if let Some(token) = self.store.token_by_hash(hash.as_str()).await?
                 && token.is_active(now)
             {
                 self.note_use(token.id, now).await;
@@ -134,7 +163,7 @@ impl Auth {
         if self.is_open().await? {
             Ok(Verdict::Open)
         } else {
-            Ok(Verdict::Refused(secret.is_some_and(|s| !s.is_empty())))
+            Ok(Verdict::Refused(credential.is_some()))
         }
     }
 
@@ -209,16 +238,17 @@ impl Tokens {
 
     /// The right a presented secret carries, if it is a configured token.
     pub fn right_of(&self, secret: &str) -> Option<Right> {
-        self.find(secret).map(|(_, right)| right)
+        self.find(&blake3::hash(secret.as_bytes()))
+            .map(|(_, right)| right)
     }
 
-    /// The position (from 1) and right of the configured token `secret` is.
-    fn find(&self, secret: &str) -> Option<(usize, Right)> {
-        let presented = blake3::hash(secret.as_bytes());
+    /// The position (from 1) and right of the configured token whose secret
+    /// hashes to `presented`.
+    fn find(&self, presented: &blake3::Hash) -> Option<(usize, Right)> {
         // Every hash is compared, so the time taken does not say which matched.
         let mut found: Option<(usize, Right)> = None;
         for (i, (hash, right)) in self.hashes.iter().enumerate() {
-            if *hash == presented && found.is_none_or(|(_, r)| *right > r) {
+            if hash == presented && found.is_none_or(|(_, r)| *right > r) {
                 found = Some((i + 1, *right));
             }
         }
@@ -310,7 +340,8 @@ pub(crate) async fn require_token(
     } else {
         Right::Launch
     };
-    let verdict = match state.inner.auth.check(presented(&request)).await {
+    let credential = presented(&request).and_then(Credential::of);
+    let verdict = match state.inner.auth.check_credential(credential).await {
         Ok(verdict) => verdict,
         Err(err) => return ApiError::from(err).into_response(),
     };
@@ -320,6 +351,10 @@ pub(crate) async fn require_token(
             None => next.run(request).await,
         },
         Verdict::Valid(principal) if principal.right >= needs => {
+            // The event stream checks the credential again while it is open.
+            if let Some(credential) = credential {
+                request.extensions_mut().insert(credential);
+            }
             request.extensions_mut().insert(principal.clone());
             SIGNED_IN.scope(principal, next.run(request)).await
         }

@@ -10,6 +10,8 @@
 //! - errors are JSON with a stable code, mapped in one place ([`ApiError`]);
 //!   a panic in a handler is a JSON 500, never a dropped connection;
 //! - without a configured token the server binds only to loopback addresses;
+//! - an open event stream whose token is revoked or expires ends within
+//!   [`ServeOptions::recheck_streams_every`];
 //! - the event stream delivers events in id order, without gaps or repeats,
 //!   from the id a client gives (or `Last-Event-ID` on reconnect).
 
@@ -27,6 +29,7 @@ mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -34,7 +37,7 @@ use flowstone_core::{Engine, EngineError, Stop};
 use tokio::sync::watch;
 
 pub use api::{LaunchRequest, api_routes};
-pub use auth::{Principal, Right, TokenSpecError, Tokens};
+pub use auth::{Principal, RECHECK_STREAMS_EVERY, Right, TokenSpecError, Tokens};
 pub use error::ApiError;
 pub use feed::EventFeed;
 
@@ -49,6 +52,8 @@ pub struct ServeOptions {
     pub worker_parallel: usize,
     /// How often the event feed reads the store when nothing wakes it.
     pub feed_every: Duration,
+    /// How often an open event stream's token is checked again.
+    pub recheck_streams_every: Duration,
 }
 
 impl Default for ServeOptions {
@@ -59,6 +64,7 @@ impl Default for ServeOptions {
             worker: true,
             worker_parallel: flowstone_core::default_parallelism(),
             feed_every: Duration::from_millis(100),
+            recheck_streams_every: RECHECK_STREAMS_EVERY,
         }
     }
 }
@@ -116,6 +122,9 @@ struct Inner {
     status: status::StatusCache,
     layouts: graph::LayoutCache,
     runs: runs::Runs,
+    /// How often an open event stream's token is checked again, in
+    /// milliseconds (an atomic so that it can be set on a built state).
+    recheck_streams_ms: AtomicU64,
 }
 
 impl AppState {
@@ -136,8 +145,25 @@ impl AppState {
                 feed,
                 status: status::StatusCache::default(),
                 layouts: graph::LayoutCache::default(),
+                recheck_streams_ms: AtomicU64::new(millis(RECHECK_STREAMS_EVERY)),
             }),
         }
+    }
+
+    /// Checks the token of each open event stream again every `every`
+    /// instead of every [`RECHECK_STREAMS_EVERY`]; streams opened before
+    /// keep their pace.
+    #[must_use]
+    pub fn recheck_streams_every(self, every: Duration) -> Self {
+        self.inner
+            .recheck_streams_ms
+            .store(millis(every), Ordering::Relaxed);
+        self
+    }
+
+    /// How often an open event stream's token is checked again.
+    pub(crate) fn stream_recheck(&self) -> Duration {
+        Duration::from_millis(self.inner.recheck_streams_ms.load(Ordering::Relaxed))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -149,6 +175,11 @@ impl AppState {
     pub async fn drain_runs(&self) {
         self.inner.runs.drain().await;
     }
+}
+
+/// Whole milliseconds, at least one (a zero period would spin).
+fn millis(every: Duration) -> u64 {
+    u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The whole application: API, event stream, pages and static files.
@@ -217,7 +248,8 @@ impl Server {
             options.tokens.clone(),
             feed.clone(),
             loopback,
-        );
+        )
+        .recheck_streams_every(options.recheck_streams_every);
         let mut tasks = vec![feed_task];
         tasks.push(spawn_maintenance(engine.clone(), stop_rx.clone()));
         if options.worker {

@@ -795,6 +795,93 @@ async fn event_stream_pushes_run_step_and_materialization_events() {
     );
 }
 
+/// Reads the event stream until it ends; panics if it goes on for `within`.
+async fn read_to_end(body: &mut Body, within: Duration) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("the stream still goes on after {within:?}; got {seen}"));
+        match frame {
+            None => return seen,
+            Some(frame) => {
+                if let Ok(data) = frame.expect("a frame").into_data() {
+                    seen.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        }
+    }
+}
+
+/// Regression: an open event stream was checked for a token only when it
+/// connected, so a revoked or expired token's stream kept delivering. It is
+/// now checked again on a period (here 50 ms instead of 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_end_when_their_token_is_revoked_or_expires() {
+    let app = app().await;
+    let _ = app
+        .state
+        .clone()
+        .recheck_streams_every(Duration::from_millis(50));
+    let store = app.state.engine().store().clone();
+    let open = |secret: Option<String>| {
+        let router = app.router.clone();
+        async move {
+            let mut request = Request::get("/api/v1/events");
+            if let Some(secret) = secret {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {secret}"));
+            }
+            let response = router
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.into_body()
+        }
+    };
+
+    // On a server with no token, a stream opened without one ends once a
+    // token is made (within the second whether one exists is cached).
+    let mut anonymous = open(None).await;
+    let now = jiff::Timestamp::now();
+    let (kept, kept_secret) = generate("kept", Right::Launch, None, now).unwrap();
+    let (revoked, revoked_secret) = generate("revoked", Right::Read, None, now).unwrap();
+    let (expiring, expiring_secret) = generate(
+        "expiring",
+        Right::Read,
+        Some(now + jiff::SignedDuration::from_secs(3)),
+        now,
+    )
+    .unwrap();
+    for token in [kept, revoked, expiring] {
+        store.create_token(token).await.unwrap();
+    }
+    read_to_end(&mut anonymous, Duration::from_secs(5)).await;
+
+    let mut kept = open(Some(kept_secret.expose().to_owned())).await;
+    let mut revoked = open(Some(revoked_secret.expose().to_owned())).await;
+    let mut expiring = open(Some(expiring_secret.expose().to_owned())).await;
+    store
+        .revoke_token("revoked", jiff::Timestamp::now())
+        .await
+        .unwrap();
+    read_to_end(&mut revoked, Duration::from_secs(2)).await;
+    read_to_end(&mut expiring, Duration::from_secs(5)).await;
+
+    // A valid token's stream goes on delivering, past many re-checks.
+    let (status, body) = app
+        .send(token_request(
+            Method::POST,
+            "/api/v1/runs",
+            Some(kept_secret.expose()),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    read_until(&mut kept, "event: run_finished").await;
+    app.state.drain_runs().await;
+}
+
 /// A request with a JSON launch body, and `token` as a bearer header.
 fn token_request(method: Method, uri: &str, token: Option<&str>) -> Request<Body> {
     let mut request = Request::builder().method(method).uri(uri);
