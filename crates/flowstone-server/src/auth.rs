@@ -363,7 +363,9 @@ pub(crate) async fn require_token(
             principal.name, principal.right
         ))
         .into_response(),
-        Verdict::Refused(_) if wants_page(&request) => Redirect::to("/login").into_response(),
+        Verdict::Refused(_) if wants_page(&request) => {
+            Redirect::to(&crate::pages::login_href(request.uri())).into_response()
+        }
         Verdict::Refused(presented) => ApiError::Unauthorized(presented).into_response(),
     }
 }

@@ -1421,6 +1421,88 @@ async fn pages_ask_to_sign_in_and_the_cookie_lets_in() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Regression: signing in always landed on `/`, not on the page that sent
+/// the user to sign in. The page is carried as `next`, and only a path on
+/// this server is gone back to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_goes_back_to_the_page_that_asked_and_nowhere_else() {
+    let secret = "read-secret-0123456789";
+    let app = app_with(Tokens::none().with(secret, Right::Read)).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/runs?limit=5")
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let to_login = response.headers()[header::LOCATION].to_str().unwrap();
+    assert_eq!(to_login, "/login?next=%2Fruns%3Flimit%3D5");
+    let (status, form) = page(&app, to_login).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        form.contains(r#"name="next" value="/runs?limit=5""#),
+        "{form}"
+    );
+
+    let sign_in = |next: &str| {
+        let body = format!("token={secret}&next={}", encode(next));
+        let router = app.router.clone();
+        async move {
+            let response = router
+                .oneshot(
+                    Request::post("/login")
+                        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(Body::from(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            assert!(response.headers().contains_key(header::SET_COOKIE));
+            response.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(sign_in("/runs?limit=5").await, "/runs?limit=5");
+    assert_eq!(sign_in("/assets/a%2Fb").await, "/assets/a%2Fb");
+    for attempt in [
+        "//evil.example/runs",
+        "https://evil.example",
+        "javascript:alert(1)",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "/\t/evil.example",
+        "evil.example",
+        "",
+    ] {
+        assert_eq!(sign_in(attempt).await, "/", "{attempt:?}");
+    }
+
+    // The sign-in page does not carry a foreign `next` either.
+    let (_, form) = page(&app, "/login?next=%2F%2Fevil.example").await;
+    assert!(!form.contains("name=\"next\""), "{form}");
+}
+
+/// Percent-encodes every byte but unreserved ones, as a form would.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_node_detail_for_an_asset_and_refusals() {
     let app = app().await;
