@@ -41,6 +41,10 @@ pub use auth::{Principal, RECHECK_STREAMS_EVERY, Right, TokenSpecError, Tokens};
 pub use error::ApiError;
 pub use feed::EventFeed;
 
+/// The largest request body accepted, in bytes (1 MiB): a launch request is
+/// a few hundred bytes.
+pub const MAX_BODY: usize = 1 << 20;
+
 /// How to serve.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -206,9 +210,29 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             api::panic_response,
         ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20))
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        // A body declared too large is refused before anything reads it; one
+        // that turns out too large while read is refused by the extractor
+        // reading it. Both become `ApiError::PayloadTooLarge`.
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Refuses a request whose `Content-Length` is over [`MAX_BODY`].
+async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 /// A running server.

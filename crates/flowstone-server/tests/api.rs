@@ -671,6 +671,53 @@ async fn launch_refuses_bad_input() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Regression: a body over the 1 MiB limit got a plain-text 413 (when its
+/// length was declared) or a 400 `bad_request` (when it was not); it is the
+/// JSON error every other refusal is, with its own code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_a_json_413() {
+    let app = app().await;
+    let big = json!({ "assets": ["numbers"], "partitions": ["x".repeat(1 << 20)] }).to_string();
+    let declared = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, big.len())
+        .body(Body::from(big.clone()))
+        .unwrap();
+    let message = error(
+        app.send(declared).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert!(
+        message.contains("1 MiB") && message.contains("1048576"),
+        "{message}"
+    );
+
+    // Without a declared length, the limit is met while the body is read.
+    let undeclared = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    error(
+        app.send(undeclared).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+
+    // A body just under the limit is read (and refused for what it says).
+    let under = json!({ "assets": ["nope"], "partitions": ["x".repeat(1000)] }).to_string();
+    let request = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, under.len())
+        .body(Body::from(under))
+        .unwrap();
+    error(
+        app.send(request).await,
+        StatusCode::NOT_FOUND,
+        "unknown_asset",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_refuse_bad_ids() {
     let app = app().await;
