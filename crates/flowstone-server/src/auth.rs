@@ -9,7 +9,8 @@
 //! address. Once a token exists (in the store or the configuration), every
 //! request but the health check, the sign-in page and the static files needs
 //! a valid one, and every request that changes something (any method but GET
-//! and HEAD) needs a token with the [`Right::Launch`] right.
+//! and HEAD) on a route that exists needs a token with the [`Right::Launch`]
+//! right. Refusals are JSON under `/api/` and pages elsewhere.
 //!
 //! A token from the store is looked up by hash on every request, so creating
 //! or revoking one with the CLI takes effect at once, in every server that
@@ -326,7 +327,11 @@ pub(crate) fn signed_in() -> Option<Principal> {
     SIGNED_IN.try_with(Principal::clone).ok()
 }
 
-/// The middleware in front of every route.
+/// The middleware in front of every route, known or not: who is asking.
+/// A request with no valid token is refused here (401, or the sign-in page
+/// for a browser), before routing, so that an unknown path tells nothing
+/// to someone without a token. What the token may do is checked by
+/// [`require_right`], on the routes that exist.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
@@ -335,22 +340,17 @@ pub(crate) async fn require_token(
     if is_public(request.uri().path()) {
         return next.run(request).await;
     }
-    let needs = if matches!(*request.method(), Method::GET | Method::HEAD) {
-        Right::Read
-    } else {
-        Right::Launch
-    };
     let credential = presented(&request).and_then(Credential::of);
     let verdict = match state.inner.auth.check_credential(credential).await {
         Ok(verdict) => verdict,
-        Err(err) => return ApiError::from(err).into_response(),
+        Err(err) => return crate::pages::refusal(&request, err.into()),
     };
     match verdict {
         Verdict::Open => match open_request_refusal(&request) {
-            Some(refusal) => refusal.into_response(),
+            Some(refusal) => crate::pages::refusal(&request, refusal),
             None => next.run(request).await,
         },
-        Verdict::Valid(principal) if principal.right >= needs => {
+        Verdict::Valid(principal) => {
             // The event stream checks the credential again while it is open.
             if let Some(credential) = credential {
                 request.extensions_mut().insert(credential);
@@ -358,15 +358,36 @@ pub(crate) async fn require_token(
             request.extensions_mut().insert(principal.clone());
             SIGNED_IN.scope(principal, next.run(request)).await
         }
-        Verdict::Valid(principal) => ApiError::Forbidden(format!(
-            "the token {} has the {} right; this request needs a token with the {needs} right",
-            principal.name, principal.right
-        ))
-        .into_response(),
         Verdict::Refused(_) if wants_page(&request) => {
             Redirect::to(&crate::pages::login_href(request.uri())).into_response()
         }
-        Verdict::Refused(presented) => ApiError::Unauthorized(presented).into_response(),
+        Verdict::Refused(presented) => {
+            crate::pages::refusal(&request, ApiError::Unauthorized(presented))
+        }
+    }
+}
+
+/// The middleware on every route that exists (a route layer, so an unknown
+/// path is a 404 whatever the token): a request that changes something
+/// (any method but GET and HEAD) needs the [`Right::Launch`] right.
+pub(crate) async fn require_right(request: Request, next: Next) -> Response {
+    let needs = if matches!(*request.method(), Method::GET | Method::HEAD) {
+        Right::Read
+    } else {
+        Right::Launch
+    };
+    // No principal: a public path, or an open server.
+    let held = request.extensions().get::<Principal>();
+    match held {
+        Some(principal) if principal.right < needs && !is_public(request.uri().path()) => {
+            let refusal = ApiError::Forbidden(format!(
+                "the token {} has the {} right; this request needs a token with the {needs} \
+                 right",
+                principal.name, principal.right
+            ));
+            crate::pages::refusal(&request, refusal)
+        }
+        _ => next.run(request).await,
     }
 }
 

@@ -8,7 +8,8 @@
 //!
 //! Guarantees:
 //! - errors are JSON with a stable code, mapped in one place ([`ApiError`]);
-//!   a panic in a handler is a JSON 500, never a dropped connection;
+//!   the dashboard's paths show the same error as a page; a panic in a
+//!   handler is a JSON 500, never a dropped connection;
 //! - without a configured token the server binds only to loopback addresses;
 //! - an open event stream whose token is revoked or expires ends within
 //!   [`ServeOptions::recheck_streams_every`];
@@ -193,6 +194,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(pages)
+        // Only on routes that exist: an unknown path is a 404 to any token.
+        .route_layer(axum::middleware::from_fn(auth::require_right))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -223,14 +226,13 @@ async fn refuse_large_bodies(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_BODY as u64) {
-        return ApiError::PayloadTooLarge.into_response();
+        return pages::refusal(&request, ApiError::PayloadTooLarge);
     }
     next.run(request).await
 }

@@ -97,22 +97,99 @@ impl From<flowstone_core::StoreError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
-        if status.is_server_error() {
-            tracing::error!(target: "flowstone::server", error = %self.0, "page failed");
-        }
-        let body = layout(
-            "Error",
-            html! {
-                div.error role="alert" {
-                    h1 { (status.as_u16()) " · " (self.0.code()) }
-                    p { (self.0.public_message()) }
-                    p { a href="/" { "Back to the asset graph" } }
-                }
-            },
-        );
-        (status, body).into_response()
+        error_page(self.0, None, "/")
     }
+}
+
+/// A refusal made before a handler runs (no token, a token without the
+/// right, a body too large): JSON for the API (`/api/...`), a page in the
+/// dashboard's layout for every other path, with a link to sign in when a
+/// token is the matter and a link back to the page the request came from.
+pub(crate) fn refusal<B>(request: &axum::http::Request<B>, err: ApiError) -> Response {
+    let path = request.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        return err.into_response();
+    }
+    let sign_in = match err {
+        ApiError::Unauthorized(_) | ApiError::Forbidden(_) => {
+            Some(if request.method() == axum::http::Method::GET {
+                login_href(request.uri())
+            } else {
+                "/login".to_owned()
+            })
+        }
+        _ => None,
+    };
+    let back = came_from(request.headers()).unwrap_or_else(|| "/".to_owned());
+    error_page(err, sign_in.as_deref(), &back)
+}
+
+/// The page of this server a request came from, by its `Referer`: only
+/// when that names this host, and only its local path.
+fn came_from(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let uri: axum::http::Uri = referer.parse().ok()?;
+    if uri.authority()?.as_str() != host {
+        return None;
+    }
+    let path = uri.path_and_query()?.as_str();
+    local_path(path).map(str::to_owned)
+}
+
+/// An error as a page: its status, code and message, a link to sign in
+/// (`sign_in`, for 401 and 403) and one back to `back`.
+fn error_page(err: ApiError, sign_in: Option<&str>, back: &str) -> Response {
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::error!(target: "flowstone::server", code = err.code(), error = %err,
+                        "page failed");
+    } else {
+        tracing::debug!(target: "flowstone::server", code = err.code(), error = %err,
+                        "page refused");
+    }
+    let message = match &err {
+        // The API's words name a header; a browser signs in instead.
+        ApiError::Unauthorized(false) => "This page needs an API token: sign in with one.".into(),
+        ApiError::Unauthorized(true) => {
+            "The token you signed in with is not valid here any more (unknown, revoked or \
+             expired): sign in with another."
+                .into()
+        }
+        other => other.public_message(),
+    };
+    let title = match status {
+        StatusCode::UNAUTHORIZED => "Sign in needed",
+        StatusCode::FORBIDDEN => "Not allowed",
+        _ => "Error",
+    };
+    let body = layout(
+        title,
+        html! {
+            div.error role="alert" {
+                h1 { (status.as_u16()) " · " (err.code()) }
+                p { (message) }
+                p {
+                    @if let Some(href) = sign_in {
+                        a href=(href) {
+                            @if matches!(err, ApiError::Forbidden(_)) { "Sign in with another token" }
+                            @else { "Sign in" }
+                        }
+                        " · "
+                    }
+                    @if back == "/" { a href="/" { "Back to the asset graph" } }
+                    @else { a href=(back) { "Back to the page you came from" } }
+                }
+            }
+        },
+    );
+    let mut response = (status, body).into_response();
+    if matches!(err, ApiError::Unauthorized(_)) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 type PageResult<T> = Result<T, PageError>;

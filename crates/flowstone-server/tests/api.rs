@@ -1550,6 +1550,112 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
+/// Regression: a read-only token posting a dashboard form got the API's
+/// JSON 403, and a read token posting to a path that does not exist got
+/// 403 instead of 404. Pages now refuse with a page (the API keeps JSON),
+/// and the right is checked only on routes that exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_refuse_with_a_page_and_unknown_routes_are_404_to_any_token() {
+    let read = "read-secret-0123456789";
+    let app = app_with(Tokens::none().with(read, Right::Read)).await;
+    let raw = |method: Method, uri: &str, cookie: Option<&str>, referer: Option<&str>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "127.0.0.1:3000")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(secret) = cookie {
+            request = request.header(header::COOKIE, format!("flowstone_token={secret}"));
+        }
+        if let Some(referer) = referer {
+            request = request.header(header::REFERER, referer);
+        }
+        let router = app.router.clone();
+        let request = request.body(Body::from("partition=2024-01-03")).unwrap();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                content_type,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+
+    // A read token posting the asset page's form: a page that says why,
+    // in the dashboard's layout, with a way to sign in and a way back.
+    let (status, content_type, body) = raw(
+        Method::POST,
+        "/ui/assets/numbers/materialize",
+        Some(read),
+        Some("http://127.0.0.1:3000/assets/numbers"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(
+        body.contains("403 · forbidden")
+            && body.contains("launch right")
+            && body.contains(r#"<header class="top">"#)
+            && body.contains(r#"href="/login">Sign in with another token"#)
+            && body.contains(r#"href="/assets/numbers">Back to the page you came from"#),
+        "{body}"
+    );
+    // A referer from another host is not linked back to.
+    let (_, _, body) = raw(
+        Method::POST,
+        "/ui/runs/0190b5d0-0000-7000-8000-000000000000/cancel",
+        Some(read),
+        Some("http://evil.example/assets/numbers"),
+    )
+    .await;
+    assert!(
+        body.contains(r#"href="/">Back to the asset graph"#) && !body.contains("evil"),
+        "{body}"
+    );
+
+    // Without a token: a page asking to sign in (a form post is not sent
+    // to the sign-in page, whose answer would lose the form).
+    let (status, content_type, body) =
+        raw(Method::POST, "/ui/assets/numbers/materialize", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(
+        body.contains("401 · unauthorized") && body.contains(r#"href="/login">Sign in"#),
+        "{body}"
+    );
+
+    // The API keeps JSON.
+    let (status, content_type, body) = raw(Method::POST, "/api/v1/runs", Some(read), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    assert!(body.contains(r#""code":"forbidden""#), "{body}");
+
+    // A path that does not exist is a 404 to a read token, whatever the
+    // method; a route that exists without that method is a 405.
+    for uri in ["/nope", "/api/v1/nope", "/ui/assets/numbers/nope"] {
+        let (status, _, body) = raw(Method::POST, uri, Some(read), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        assert!(body.contains(r#""code":"not_found""#), "{uri}: {body}");
+    }
+    let (status, _, body) = raw(Method::POST, "/runs", Some(read), None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    // Without a token, even an unknown path is refused first: it tells
+    // nothing about which routes exist.
+    let (status, _, _) = raw(Method::POST, "/nope", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_node_detail_for_an_asset_and_refusals() {
     let app = app().await;
