@@ -5,6 +5,7 @@
 //! flowstone-bench postgres [--steps N] [--concurrency N] [--workers 1,2] [--rounds N]
 //!                          [--dispatch N] [--profile] [--json]
 //! flowstone-bench pg-worker URL CONCURRENCY [--profile]    (a worker; internal)
+//! flowstone-bench postgres --help                          (the usage; pg-worker too)
 //! ```
 //!
 //! The database is `FLOWSTONE_BENCH_DATABASE_URL`, or else a fresh one made on
@@ -67,8 +68,33 @@ struct Args {
     json: bool,
 }
 
+/// What `postgres --help` prints.
+const USAGE: &str = "\
+usage: flowstone-bench postgres [--steps N] [--concurrency N] [--workers N,...] [--rounds N]
+                                [--dispatch N] [--profile] [--json]
+
+No-op steps through one PostgreSQL database and separate worker processes. The database is
+FLOWSTONE_BENCH_DATABASE_URL, or a fresh one made on postgres://postgres@127.0.0.1:5432 and
+dropped at the end.
+
+  --steps N          partitions in the throughput backfill (default 10000)
+  --concurrency N    steps at once per worker (default 32)
+  --workers N,...    worker processes per measure, one measure each (default 1,2)
+  --rounds N         rounds of each measure (default 3)
+  --dispatch N       single-step runs in the dispatch measure (default 200)
+  --profile          time every store call of the workers
+  --json             JSON instead of a report
+  -h, --help         this text";
+
+/// What `pg-worker --help` prints.
+const WORKER_USAGE: &str = "\
+usage: flowstone-bench pg-worker URL CONCURRENCY [--profile]
+
+One worker process of the `postgres` workloads (started by them); SIGTERM drains it.";
+
 impl Args {
-    fn parse(raw: &[String]) -> anyhow::Result<Args> {
+    /// The arguments, or `None` when `--help` asked for the usage.
+    fn parse(raw: &[String]) -> anyhow::Result<Option<Args>> {
         let mut args = Args {
             steps: 10_000,
             concurrency: 32,
@@ -100,16 +126,22 @@ impl Args {
                 }
                 "--profile" => args.profile = true,
                 "--json" => args.json = true,
-                other => bail!("unknown argument {other} for `postgres`"),
+                "-h" | "--help" => return Ok(None),
+                other => {
+                    bail!("unknown argument {other} for `postgres`; `postgres --help` lists them")
+                }
             }
         }
-        Ok(args)
+        Ok(Some(args))
     }
 }
 
 /// `flowstone-bench postgres ...`: the whole measurement.
 pub fn main(raw: &[String]) -> anyhow::Result<()> {
-    let args = Args::parse(raw)?;
+    let Some(args) = Args::parse(raw)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -130,8 +162,12 @@ pub fn main(raw: &[String]) -> anyhow::Result<()> {
 /// `flowstone-bench pg-worker URL CONCURRENCY [--profile]`: one worker
 /// process, drained by SIGTERM.
 pub fn worker_main(raw: &[String]) -> anyhow::Result<()> {
+    if raw.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{WORKER_USAGE}");
+        return Ok(());
+    }
     let [url, concurrency, rest @ ..] = raw else {
-        bail!("usage: flowstone-bench pg-worker URL CONCURRENCY [--profile]");
+        bail!("{WORKER_USAGE}");
     };
     let concurrency: usize = concurrency.parse().context("CONCURRENCY")?;
     let profile = rest.iter().any(|a| a == "--profile");

@@ -5,6 +5,7 @@
 //! flowstone-bench [--parallel N] [--runs N] [--noop-runs N] [--only NAME,...] [--json]
 //!                 [--profile]
 //! flowstone-bench postgres ...       (the PostgreSQL workloads, see `cluster`)
+//! flowstone-bench [postgres] --help  (the usage)
 //! flowstone-bench --workload NAME [--parallel N] [--profile]   (one run, one JSON line)
 //! ```
 //!
@@ -39,8 +40,25 @@ struct Args {
     child: Option<Workload>,
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: flowstone-bench [--parallel N] [--runs N] [--noop-runs N] [--only NAME,...] [--json]
+                       [--profile]
+       flowstone-bench postgres [OPTIONS]   the PostgreSQL workloads; `postgres --help` lists them
+
+  --parallel N    steps at once in each run (default 64)
+  --runs N        child processes per workload (default 3)
+  --noop-runs N   noop-run processes per variant, cold and warm (default 20)
+  --only NAME,..  these workloads only
+  --json          JSON instead of a table
+  --profile       time every store call, and print where the time went
+  -h, --help      this text
+
+workloads: chain-100, chain-1000, fanout-1000, backfill-365 (chain-N and fanout-N take any N)";
+
 impl Args {
-    fn parse() -> anyhow::Result<Args> {
+    /// The arguments, or `None` when `--help` asked for the usage.
+    fn parse() -> anyhow::Result<Option<Args>> {
         let mut args = Args {
             parallel: 64,
             runs: 3,
@@ -66,19 +84,11 @@ impl Args {
                 "--workload" => args.child = Some(workload_named(&value()?)?),
                 "--json" => args.json = true,
                 "--profile" => args.profile = true,
-                "-h" | "--help" => {
-                    println!(
-                        "usage: flowstone-bench [--parallel N] [--runs N] [--noop-runs N] \
-                         [--only NAME,...] [--json] [--profile]\n\
-                         workloads: chain-100, chain-1000, fanout-1000, backfill-365 \
-                         (chain-N and fanout-N take any N)"
-                    );
-                    std::process::exit(0);
-                }
+                "-h" | "--help" => return Ok(None),
                 other => bail!("unknown argument {other}; --help lists the arguments"),
             }
         }
-        Ok(args)
+        Ok(Some(args))
     }
 }
 
@@ -100,7 +110,13 @@ fn main() -> ExitCode {
     let result = match raw.first().map(String::as_str) {
         Some("postgres") => flowstone_bench::cluster::main(&raw[1..]),
         Some("pg-worker") => flowstone_bench::cluster::worker_main(&raw[1..]),
-        _ => Args::parse().and_then(run),
+        _ => Args::parse().and_then(|args| match args {
+            Some(args) => run(args),
+            None => {
+                println!("{USAGE}");
+                Ok(())
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2718,10 +2718,12 @@ pub async fn release_unknown_hands_back_lost_claims(store: Arc<dyn Store>) {
 }
 
 /// API tokens: found by hash until revoked; a name is unique among tokens
-/// not revoked and free again once its token is; expiry is the caller's to
-/// judge but `has_active_tokens` counts it; a use is noted.
+/// not revoked and free again once its token is, or once it has expired
+/// (creating a token with the name then revokes the expired one, in the
+/// same transaction); expiry is the caller's to judge but
+/// `has_active_tokens` counts it; a use is noted.
 pub async fn tokens_by_hash_revoked_and_renamed(store: Arc<dyn Store>) {
-    use crate::token::{TokenRight, generate, hash};
+    use crate::token::{NewToken, TokenRight, generate, hash};
 
     let now = Timestamp::from_second(1_800_000_000).unwrap();
     let hour = SignedDuration::from_hours(1);
@@ -2825,6 +2827,69 @@ pub async fn tokens_by_hash_revoked_and_renamed(store: Arc<dyn Store>) {
         1,
         "{all:?}"
     );
+
+    // Regression: an expired token's name stayed taken until it was
+    // revoked. Before it expires, the name is still taken.
+    let half = SignedDuration::from_mins(30);
+    let (early, _) = generate("temp", TokenRight::Read, None, now + half).unwrap();
+    match store.create_token(early).await {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("\"temp\""), "{message}"),
+        other => panic!("temp has not expired: its name must conflict, got {other:?}"),
+    }
+    let temp_found = || async {
+        store
+            .token_by_hash(&hash(temp_secret.expose()))
+            .await
+            .unwrap()
+    };
+    assert!(
+        temp_found().await.is_some(),
+        "a refused create revokes nothing"
+    );
+
+    // Once it has expired, a new token takes the name and the expired one
+    // is revoked, in one transaction: when the new one is refused (here
+    // for a hash in use), the expired one is left as it was.
+    let (late, late_secret) = generate("temp", TokenRight::Launch, None, now + hour).unwrap();
+    let clash = NewToken {
+        hash: hash(ci_secret.expose()),
+        ..late.clone()
+    };
+    assert!(
+        matches!(
+            store.create_token(clash).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a hash in use conflicts"
+    );
+    assert!(
+        temp_found().await.is_some(),
+        "the expired token is not revoked when the new one is refused"
+    );
+    let late = store.create_token(late).await.unwrap();
+    assert_eq!(
+        (late.name.as_str(), late.right),
+        ("temp", TokenRight::Launch)
+    );
+    assert_eq!(temp_found().await, None, "the expired token is revoked");
+    let old = store
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == temp.id)
+        .expect("the expired token stays listed");
+    assert_eq!(
+        old.revoked_at,
+        Some(now + hour),
+        "revoked when the name was taken"
+    );
+    let found = store
+        .token_by_hash(&hash(late_secret.expose()))
+        .await
+        .unwrap()
+        .expect("the new token is found by hash");
+    assert_eq!(found.id, late.id);
 }
 
 /// `release_memory`, called while reads are under way and between writes,

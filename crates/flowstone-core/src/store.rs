@@ -867,8 +867,11 @@ pub trait Store: Send + Sync + 'static {
     // -- API tokens ---------------------------------------------------------
 
     /// Stores a new token ([`crate::token::generate`] makes one).
-    /// [`StoreError::Conflict`] when a token that is not revoked has its
-    /// name (a revoked token's name may be used again).
+    /// [`StoreError::Conflict`] when a live token has its name: neither
+    /// revoked nor expired at the new token's `created_at`. A token with
+    /// the name that has expired then is revoked (at `created_at`) in the
+    /// same transaction, and a revoked token's name may be used again;
+    /// nothing is revoked when the new token is refused.
     async fn create_token(&self, token: NewToken) -> StoreResult<TokenRecord>;
 
     /// Every token, revoked and expired ones too, newest first.

@@ -17,8 +17,24 @@ macro_rules! columns {
 
 impl PostgresStore {
     pub(crate) async fn write_create_token(&self, token: NewToken) -> StoreResult<TokenRecord> {
-        // A name in use by a token not revoked, or (never in practice) a
-        // hash in use, conflicts: the insert does nothing and returns no row.
+        let mut tx = self.pool.begin().await.db()?;
+
+        // A token with the name that has expired (and was never revoked)
+        // gives the name up: it is revoked now, in this transaction. A
+        // concurrent create of the same name waits on the row's lock, then
+        // finds it revoked and conflicts on the new token's name below.
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 \
+             WHERE name = $1 AND revoked_at IS NULL AND expires_at <= $2",
+        )
+        .bind(codec::text(&token.name))
+        .bind(PgTime(token.created_at))
+        .execute(&mut *tx)
+        .await
+        .db()?;
+
+        // A name in use by a live token, or (never in practice) a hash in
+        // use, conflicts: the insert does nothing and returns no row.
         let row = sqlx::query(concat!(
             "INSERT INTO api_tokens (name, rights, hash, prefix, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING ",
@@ -30,16 +46,17 @@ impl PostgresStore {
         .bind(&token.prefix)
         .bind(PgTime(token.created_at))
         .bind(token.expires_at.map(PgTime))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .db()?;
-        match row {
-            Some(row) => record(&row),
-            None => Err(StoreError::Conflict(format!(
-                "a token named {:?} exists; revoke it first, or choose another name",
-                token.name
-            ))),
-        }
+        let Some(row) = row else {
+            // Nothing is revoked when nothing is created.
+            tx.rollback().await.db()?;
+            return Err(conflict(&token.name));
+        };
+        let record = record(&row)?;
+        tx.commit().await.db()?;
+        Ok(record)
     }
 
     pub(crate) async fn read_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
@@ -105,6 +122,14 @@ impl PostgresStore {
             .db()?;
         Ok(())
     }
+}
+
+/// A live token (neither revoked nor expired) has the name.
+fn conflict(name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "a token named {name:?} exists and has not expired; revoke it first, or choose \
+         another name"
+    ))
 }
 
 /// Reads an `api_tokens` row.

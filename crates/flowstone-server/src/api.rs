@@ -25,12 +25,13 @@ use flowstone_core::{
     Trigger,
 };
 use flowstone_partitions::PartitionKeyError;
+use futures::StreamExt as _;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Credential, Principal, Verdict};
 use crate::error::{ApiError, ApiResult};
 use crate::feed::{ClientStream, Filter};
 use crate::status::{AssetView, Snapshot};
@@ -789,6 +790,7 @@ struct StreamQuery {
 
 async fn stream(
     State(state): State<AppState>,
+    credential: Option<Extension<Credential>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
@@ -825,7 +827,36 @@ async fn stream(
         let event = client.next().await?;
         Some((Ok(sse_event(&event)), client))
     });
+    // The stream outlives the request's check: it ends once its token (or,
+    // on an open server, the lack of one) would be refused.
+    let credential = credential.map(|Extension(c)| c);
+    let events = events.take_until(Box::pin(until_refused(state, credential)));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Completes once a request presenting `credential` (or none) would be
+/// refused, checking every [`AppState::recheck_streams_every`]. A store
+/// that cannot answer is logged and asked again at the next check: the
+/// revocation it would record cannot be read either.
+async fn until_refused(state: AppState, credential: Option<Credential>) {
+    let every = state.stream_recheck();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match state.inner.auth.check_credential(credential).await {
+            Ok(Verdict::Valid(_) | Verdict::Open) => {}
+            Ok(Verdict::Refused(_)) => {
+                tracing::debug!(target: "flowstone::server",
+                                "event stream ended: its token is no longer valid");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(target: "flowstone::server", error = %err,
+                               "cannot check an event stream's token; trying again");
+            }
+        }
+    }
 }
 
 fn sse_event(event: &EventRecord) -> Event {

@@ -9,11 +9,15 @@
 //! address. Once a token exists (in the store or the configuration), every
 //! request but the health check, the sign-in page and the static files needs
 //! a valid one, and every request that changes something (any method but GET
-//! and HEAD) needs a token with the [`Right::Launch`] right.
+//! and HEAD) on a route that exists needs a token with the [`Right::Launch`]
+//! right. Refusals are JSON under `/api/` and pages elsewhere.
 //!
 //! A token from the store is looked up by hash on every request, so creating
 //! or revoking one with the CLI takes effect at once, in every server that
 //! shares the store; whether any token exists is asked at most once a second.
+//! An open event stream outlives its request: it keeps the [`Credential`]
+//! it was let in with (the secret's hash, never the secret) and is checked
+//! again every [`RECHECK_STREAMS_EVERY`], ending once it would be refused.
 //! A request that passes carries its [`Principal`] in its extensions: runs
 //! it launches are recorded as started by the token's name.
 //!
@@ -70,6 +74,18 @@ pub struct Principal {
     pub right: Right,
 }
 
+/// A presented secret, kept only as its blake3 hash: what an open event
+/// stream holds on to so its token can be checked again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Credential(blake3::Hash);
+
+impl Credential {
+    /// The credential of a presented secret; `None` for an empty one.
+    pub(crate) fn of(secret: &str) -> Option<Credential> {
+        (!secret.is_empty()).then(|| Credential(blake3::hash(secret.as_bytes())))
+    }
+}
+
 /// What checking a request's token found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -101,6 +117,10 @@ const ANY_STORED_FOR: Duration = Duration::from_secs(1);
 /// How often a token's `last_used_at` is written at most.
 const NOTE_USE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often an open event stream's token is checked again: a revoked or
+/// expired token's stream ends within this much (plus a store read).
+pub const RECHECK_STREAMS_EVERY: Duration = Duration::from_secs(5);
+
 impl Auth {
     pub(crate) fn new(configured: Tokens, store: Arc<dyn Store>, loopback: bool) -> Self {
         Auth {
@@ -114,14 +134,24 @@ impl Auth {
 
     /// What a request presenting `secret` (or none) may do.
     pub(crate) async fn check(&self, secret: Option<&str>) -> StoreResult<Verdict> {
-        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-            if let Some((index, right)) = self.configured.find(secret) {
+        self.check_credential(secret.and_then(Credential::of)).await
+    }
+
+    /// What a request presenting `credential` (or none) may do: a
+    /// configured token by hash, else the store's token with that hash,
+    /// else open or refused.
+    pub(crate) async fn check_credential(
+        &self,
+        credential: Option<Credential>,
+    ) -> StoreResult<Verdict> {
+        if let Some(Credential(presented)) = credential {
+            if let Some((index, right)) = self.configured.find(&presented) {
                 let name = format!("FLOWSTONE_API_TOKENS[{index}]");
                 return Ok(Verdict::Valid(Principal { name, right }));
             }
             let now = jiff::Timestamp::now();
-            let hash = flowstone_core::token::hash(secret);
-            if let Some(token) = self.store.token_by_hash(&hash).await?
+            let hash = presented.to_hex();
+            if let Some(token) = self.store.token_by_hash(hash.as_str()).await?
                 && token.is_active(now)
             {
                 self.note_use(token.id, now).await;
@@ -134,7 +164,7 @@ impl Auth {
         if self.is_open().await? {
             Ok(Verdict::Open)
         } else {
-            Ok(Verdict::Refused(secret.is_some_and(|s| !s.is_empty())))
+            Ok(Verdict::Refused(credential.is_some()))
         }
     }
 
@@ -209,16 +239,17 @@ impl Tokens {
 
     /// The right a presented secret carries, if it is a configured token.
     pub fn right_of(&self, secret: &str) -> Option<Right> {
-        self.find(secret).map(|(_, right)| right)
+        self.find(&blake3::hash(secret.as_bytes()))
+            .map(|(_, right)| right)
     }
 
-    /// The position (from 1) and right of the configured token `secret` is.
-    fn find(&self, secret: &str) -> Option<(usize, Right)> {
-        let presented = blake3::hash(secret.as_bytes());
+    /// The position (from 1) and right of the configured token whose secret
+    /// hashes to `presented`.
+    fn find(&self, presented: &blake3::Hash) -> Option<(usize, Right)> {
         // Every hash is compared, so the time taken does not say which matched.
         let mut found: Option<(usize, Right)> = None;
         for (i, (hash, right)) in self.hashes.iter().enumerate() {
-            if *hash == presented && found.is_none_or(|(_, r)| *right > r) {
+            if hash == presented && found.is_none_or(|(_, r)| *right > r) {
                 found = Some((i + 1, *right));
             }
         }
@@ -296,7 +327,11 @@ pub(crate) fn signed_in() -> Option<Principal> {
     SIGNED_IN.try_with(Principal::clone).ok()
 }
 
-/// The middleware in front of every route.
+/// The middleware in front of every route, known or not: who is asking.
+/// A request with no valid token is refused here (401, or the sign-in page
+/// for a browser), before routing, so that an unknown path tells nothing
+/// to someone without a token. What the token may do is checked by
+/// [`require_right`], on the routes that exist.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
@@ -305,31 +340,54 @@ pub(crate) async fn require_token(
     if is_public(request.uri().path()) {
         return next.run(request).await;
     }
+    let credential = presented(&request).and_then(Credential::of);
+    let verdict = match state.inner.auth.check_credential(credential).await {
+        Ok(verdict) => verdict,
+        Err(err) => return crate::pages::refusal(&request, err.into()),
+    };
+    match verdict {
+        Verdict::Open => match open_request_refusal(&request) {
+            Some(refusal) => crate::pages::refusal(&request, refusal),
+            None => next.run(request).await,
+        },
+        Verdict::Valid(principal) => {
+            // The event stream checks the credential again while it is open.
+            if let Some(credential) = credential {
+                request.extensions_mut().insert(credential);
+            }
+            request.extensions_mut().insert(principal.clone());
+            SIGNED_IN.scope(principal, next.run(request)).await
+        }
+        Verdict::Refused(_) if wants_page(&request) => {
+            Redirect::to(&crate::pages::login_href(request.uri())).into_response()
+        }
+        Verdict::Refused(presented) => {
+            crate::pages::refusal(&request, ApiError::Unauthorized(presented))
+        }
+    }
+}
+
+/// The middleware on every route that exists (a route layer, so an unknown
+/// path is a 404 whatever the token): a request that changes something
+/// (any method but GET and HEAD) needs the [`Right::Launch`] right.
+pub(crate) async fn require_right(request: Request, next: Next) -> Response {
     let needs = if matches!(*request.method(), Method::GET | Method::HEAD) {
         Right::Read
     } else {
         Right::Launch
     };
-    let verdict = match state.inner.auth.check(presented(&request)).await {
-        Ok(verdict) => verdict,
-        Err(err) => return ApiError::from(err).into_response(),
-    };
-    match verdict {
-        Verdict::Open => match open_request_refusal(&request) {
-            Some(refusal) => refusal.into_response(),
-            None => next.run(request).await,
-        },
-        Verdict::Valid(principal) if principal.right >= needs => {
-            request.extensions_mut().insert(principal.clone());
-            SIGNED_IN.scope(principal, next.run(request)).await
+    // No principal: a public path, or an open server.
+    let held = request.extensions().get::<Principal>();
+    match held {
+        Some(principal) if principal.right < needs && !is_public(request.uri().path()) => {
+            let refusal = ApiError::Forbidden(format!(
+                "the token {} has the {} right; this request needs a token with the {needs} \
+                 right",
+                principal.name, principal.right
+            ));
+            crate::pages::refusal(&request, refusal)
         }
-        Verdict::Valid(principal) => ApiError::Forbidden(format!(
-            "the token {} has the {} right; this request needs a token with the {needs} right",
-            principal.name, principal.right
-        ))
-        .into_response(),
-        Verdict::Refused(_) if wants_page(&request) => Redirect::to("/login").into_response(),
-        Verdict::Refused(presented) => ApiError::Unauthorized(presented).into_response(),
+        _ => next.run(request).await,
     }
 }
 

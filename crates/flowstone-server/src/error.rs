@@ -38,6 +38,12 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A request body over [`crate::MAX_BODY`] bytes.
+    #[error(
+        "the request body is larger than the limit of 1 MiB ({} bytes); send a smaller one",
+        crate::MAX_BODY
+    )]
+    PayloadTooLarge,
     /// No valid token with the request: none sent (`false`), or one that
     /// is unknown, revoked or expired (`true`).
     #[error("{}", if *.0 {
@@ -70,6 +76,7 @@ impl ApiError {
             ApiError::UnknownRun(_) => "unknown_run",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",
@@ -86,6 +93,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -187,6 +195,9 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge;
+        }
         let message = match &rejection {
             JsonRejection::MissingJsonContentType(_) => {
                 "the body must be JSON, sent with `Content-Type: application/json`".to_owned()
@@ -211,6 +222,9 @@ impl From<PathRejection> for ApiError {
 
 impl From<FormRejection> for ApiError {
     fn from(rejection: FormRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge;
+        }
         ApiError::BadRequest(format!("bad form: {}", rejection.body_text()))
     }
 }

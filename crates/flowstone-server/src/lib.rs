@@ -8,8 +8,11 @@
 //!
 //! Guarantees:
 //! - errors are JSON with a stable code, mapped in one place ([`ApiError`]);
-//!   a panic in a handler is a JSON 500, never a dropped connection;
+//!   the dashboard's paths show the same error as a page; a panic in a
+//!   handler is a JSON 500, never a dropped connection;
 //! - without a configured token the server binds only to loopback addresses;
+//! - an open event stream whose token is revoked or expires ends within
+//!   [`ServeOptions::recheck_streams_every`];
 //! - the event stream delivers events in id order, without gaps or repeats,
 //!   from the id a client gives (or `Last-Event-ID` on reconnect).
 
@@ -27,6 +30,7 @@ mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -35,9 +39,13 @@ use flowstone_core::{Engine, EngineError, Stop};
 use tokio::sync::watch;
 
 pub use api::{LaunchRequest, api_routes};
-pub use auth::{Principal, Right, TokenSpecError, Tokens};
+pub use auth::{Principal, RECHECK_STREAMS_EVERY, Right, TokenSpecError, Tokens};
 pub use error::ApiError;
 pub use feed::EventFeed;
+
+/// The largest request body accepted, in bytes (1 MiB): a launch request is
+/// a few hundred bytes.
+pub const MAX_BODY: usize = 1 << 20;
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -50,6 +58,8 @@ pub struct ServeOptions {
     pub worker_parallel: usize,
     /// How often the event feed reads the store when nothing wakes it.
     pub feed_every: Duration,
+    /// How often an open event stream's token is checked again.
+    pub recheck_streams_every: Duration,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +70,7 @@ impl Default for ServeOptions {
             worker: true,
             worker_parallel: flowstone_core::default_parallelism(),
             feed_every: Duration::from_millis(100),
+            recheck_streams_every: RECHECK_STREAMS_EVERY,
         }
     }
 }
@@ -118,6 +129,9 @@ struct Inner {
     layouts: graph::LayoutCache,
     runs: runs::Runs,
     memory: Arc<memory::Trimmer>,
+    /// How often an open event stream's token is checked again, in
+    /// milliseconds (an atomic so that it can be set on a built state).
+    recheck_streams_ms: AtomicU64,
 }
 
 impl AppState {
@@ -139,8 +153,25 @@ impl AppState {
                 feed,
                 status: status::StatusCache::default(),
                 layouts: graph::LayoutCache::default(),
+                recheck_streams_ms: AtomicU64::new(millis(RECHECK_STREAMS_EVERY)),
             }),
         }
+    }
+
+    /// Checks the token of each open event stream again every `every`
+    /// instead of every [`RECHECK_STREAMS_EVERY`]; streams opened before
+    /// keep their pace.
+    #[must_use]
+    pub fn recheck_streams_every(self, every: Duration) -> Self {
+        self.inner
+            .recheck_streams_ms
+            .store(millis(every), Ordering::Relaxed);
+        self
+    }
+
+    /// How often an open event stream's token is checked again.
+    pub(crate) fn stream_recheck(&self) -> Duration {
+        Duration::from_millis(self.inner.recheck_streams_ms.load(Ordering::Relaxed))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -154,6 +185,11 @@ impl AppState {
     }
 }
 
+/// Whole milliseconds, at least one (a zero period would spin).
+fn millis(every: Duration) -> u64 {
+    u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// The whole application: API, event stream, pages and static files.
 pub fn router(state: AppState) -> Router {
     let api = api::routes(state.clone());
@@ -161,6 +197,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(pages)
+        // Only on routes that exist: an unknown path is a 404 to any token.
+        .route_layer(axum::middleware::from_fn(auth::require_right))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -179,9 +217,28 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             api::panic_response,
         ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20))
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        // A body declared too large is refused before anything reads it; one
+        // that turns out too large while read is refused by the extractor
+        // reading it. Both become `ApiError::PayloadTooLarge`.
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Refuses a request whose `Content-Length` is over [`MAX_BODY`].
+async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return pages::refusal(&request, ApiError::PayloadTooLarge);
+    }
+    next.run(request).await
 }
 
 /// A running server.
@@ -221,7 +278,8 @@ impl Server {
             options.tokens.clone(),
             feed.clone(),
             loopback,
-        );
+        )
+        .recheck_streams_every(options.recheck_streams_every);
         let mut tasks = vec![feed_task];
         tasks.push(spawn_maintenance(engine.clone(), stop_rx.clone()));
         if options.worker {

@@ -95,7 +95,7 @@ pub fn document() -> Value {
                             "code": { "type": "string", "enum": [
                                 "unknown_asset", "bad_partition", "bad_range", "bad_request",
                                 "unknown_run", "not_found", "method_not_allowed", "unauthorized",
-                                "forbidden", "conflict", "internal"
+                                "forbidden", "payload_too_large", "conflict", "internal"
                             ] },
                             "message": { "type": "string" }
                         }
@@ -290,7 +290,10 @@ pub fn document() -> Value {
                         "400": bad_partition,
                         "403": forbidden,
                         "404": unknown_asset,
-                        "409": error_response("upstream not materialized (`conflict`)")
+                        "409": error_response("upstream not materialized (`conflict`)"),
+                        "413": error_response(
+                            "a body over 1 MiB, the limit for every request (`payload_too_large`)"
+                        )
                     }
                 }
             },
@@ -328,7 +331,9 @@ pub fn document() -> Value {
                 "summary": "Server-sent events: run, step and materialization events as they \
                             are recorded. Each has `id` (event id), `event` (its kind, e.g. \
                             `materialized`, `run_finished`) and `data` (the event as JSON). \
-                            Reconnecting with `Last-Event-ID` (or `after`) replays what was missed.",
+                            Reconnecting with `Last-Event-ID` (or `after`) replays what was missed. \
+                            The stream's token is checked again every 5 seconds: the stream \
+                            ends once it is revoked or has expired.",
                 "parameters": [
                     param("after", "query", "replay events after this id first", json!({ "type": "integer" }), false),
                     param("run", "query", "only this run's events", json!({ "type": "string", "format": "uuid" }), false)

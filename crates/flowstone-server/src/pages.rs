@@ -97,22 +97,99 @@ impl From<flowstone_core::StoreError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
-        if status.is_server_error() {
-            tracing::error!(target: "flowstone::server", error = %self.0, "page failed");
-        }
-        let body = layout(
-            "Error",
-            html! {
-                div.error role="alert" {
-                    h1 { (status.as_u16()) " · " (self.0.code()) }
-                    p { (self.0.public_message()) }
-                    p { a href="/" { "Back to the asset graph" } }
-                }
-            },
-        );
-        (status, body).into_response()
+        error_page(self.0, None, "/")
     }
+}
+
+/// A refusal made before a handler runs (no token, a token without the
+/// right, a body too large): JSON for the API (`/api/...`), a page in the
+/// dashboard's layout for every other path, with a link to sign in when a
+/// token is the matter and a link back to the page the request came from.
+pub(crate) fn refusal<B>(request: &axum::http::Request<B>, err: ApiError) -> Response {
+    let path = request.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        return err.into_response();
+    }
+    let sign_in = match err {
+        ApiError::Unauthorized(_) | ApiError::Forbidden(_) => {
+            Some(if request.method() == axum::http::Method::GET {
+                login_href(request.uri())
+            } else {
+                "/login".to_owned()
+            })
+        }
+        _ => None,
+    };
+    let back = came_from(request.headers()).unwrap_or_else(|| "/".to_owned());
+    error_page(err, sign_in.as_deref(), &back)
+}
+
+/// The page of this server a request came from, by its `Referer`: only
+/// when that names this host, and only its local path.
+fn came_from(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let uri: axum::http::Uri = referer.parse().ok()?;
+    if uri.authority()?.as_str() != host {
+        return None;
+    }
+    let path = uri.path_and_query()?.as_str();
+    local_path(path).map(str::to_owned)
+}
+
+/// An error as a page: its status, code and message, a link to sign in
+/// (`sign_in`, for 401 and 403) and one back to `back`.
+fn error_page(err: ApiError, sign_in: Option<&str>, back: &str) -> Response {
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::error!(target: "flowstone::server", code = err.code(), error = %err,
+                        "page failed");
+    } else {
+        tracing::debug!(target: "flowstone::server", code = err.code(), error = %err,
+                        "page refused");
+    }
+    let message = match &err {
+        // The API's words name a header; a browser signs in instead.
+        ApiError::Unauthorized(false) => "This page needs an API token: sign in with one.".into(),
+        ApiError::Unauthorized(true) => {
+            "The token you signed in with is not valid here any more (unknown, revoked or \
+             expired): sign in with another."
+                .into()
+        }
+        other => other.public_message(),
+    };
+    let title = match status {
+        StatusCode::UNAUTHORIZED => "Sign in needed",
+        StatusCode::FORBIDDEN => "Not allowed",
+        _ => "Error",
+    };
+    let body = layout(
+        title,
+        html! {
+            div.error role="alert" {
+                h1 { (status.as_u16()) " · " (err.code()) }
+                p { (message) }
+                p {
+                    @if let Some(href) = sign_in {
+                        a href=(href) {
+                            @if matches!(err, ApiError::Forbidden(_)) { "Sign in with another token" }
+                            @else { "Sign in" }
+                        }
+                        " · "
+                    }
+                    @if back == "/" { a href="/" { "Back to the asset graph" } }
+                    @else { a href=(back) { "Back to the page you came from" } }
+                }
+            }
+        },
+    );
+    let mut response = (status, body).into_response();
+    if matches!(err, ApiError::Unauthorized(_)) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 type PageResult<T> = Result<T, PageError>;
@@ -786,7 +863,7 @@ fn cell_marker(state: &str) -> &'static str {
     }
 }
 
-fn url_encode(text: &str) -> String {
+pub(crate) fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -1156,7 +1233,32 @@ async fn cancel(
 
 // -- signing in ------------------------------------------------------------------------
 
-fn login_form(message: Option<&str>) -> Html<String> {
+/// Where signing in may send the user afterwards: a path on this server,
+/// never another site. Accepted: one leading `/` (not `//`, which a
+/// browser reads as another host), no backslash (read as `/` by some), and
+/// printable ASCII only (a tab or a newline is dropped by browsers, so
+/// `/\t/evil.example` would become `//evil.example`). A leading `/` also
+/// rules out a scheme (`https:`, `javascript:`).
+pub(crate) fn local_path(next: &str) -> Option<&str> {
+    let mut chars = next.chars();
+    let local = chars.next() == Some('/')
+        && chars.next() != Some('/')
+        && next.len() <= 2048
+        && next.chars().all(|c| c.is_ascii_graphic() && c != '\\');
+    local.then_some(next)
+}
+
+/// The sign-in page, asked to come back to `uri` once signed in.
+pub(crate) fn login_href(uri: &axum::http::Uri) -> String {
+    let back = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match local_path(back) {
+        Some(back) if back != "/" => format!("/login?next={}", url_encode(back)),
+        _ => "/login".to_owned(),
+    }
+}
+
+fn login_form(message: Option<&str>, next: Option<&str>) -> Html<String> {
+    let next = next.and_then(local_path);
     layout(
         "Sign in",
         html! {
@@ -1164,6 +1266,7 @@ fn login_form(message: Option<&str>) -> Html<String> {
             @if let Some(m) = message { div.error role="alert" { (m) } }
             form.login method="post" action="/login" {
                 label { "API token " input type="password" name="token" required autocomplete="current-password"; }
+                @if let Some(next) = next { input type="hidden" name="next" value=(next); }
                 button type="submit" { "Sign in" }
             }
             p.hint { "Make a token where the store is with "
@@ -1174,8 +1277,15 @@ fn login_form(message: Option<&str>) -> Html<String> {
     )
 }
 
-async fn login_page() -> Html<String> {
-    login_form(None)
+/// The query of the sign-in page: where to go back to.
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login_page(query: Result<Query<LoginQuery>, QueryRejection>) -> Html<String> {
+    let next = query.ok().and_then(|Query(q)| q.next);
+    login_form(None, next.as_deref())
 }
 
 /// Forgets the session cookie (a bearer header is the client's to drop).
@@ -1194,6 +1304,8 @@ async fn logout() -> Response {
 #[derive(Debug, Deserialize)]
 struct LoginForm {
     token: String,
+    /// The page that sent the user to sign in; see [`local_path`].
+    next: Option<String>,
 }
 
 async fn login(
@@ -1201,7 +1313,8 @@ async fn login(
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
-        return (StatusCode::BAD_REQUEST, login_form(Some("Give a token."))).into_response();
+        let form = login_form(Some("Give a token."), None);
+        return (StatusCode::BAD_REQUEST, form).into_response();
     };
     let token = form.token.trim();
     match state.inner.auth.check(Some(token)).await {
@@ -1209,7 +1322,7 @@ async fn login(
         Ok(Verdict::Open | Verdict::Refused(_)) => {
             return (
                 StatusCode::UNAUTHORIZED,
-                login_form(Some("That token is not valid here.")),
+                login_form(Some("That token is not valid here."), form.next.as_deref()),
             )
                 .into_response();
         }
@@ -1219,9 +1332,50 @@ async fn login(
         "{}={token}; HttpOnly; SameSite=Strict; Path=/",
         crate::auth::COOKIE
     );
-    let mut response = Redirect::to("/").into_response();
+    // Back to the page that asked, if it is one of ours; else the graph.
+    let back = form.next.as_deref().and_then(local_path).unwrap_or("/");
+    let mut response = Redirect::to(back).into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_gone_back_to() {
+        for local in ["/", "/runs/5", "/assets/a%2Fb?partition=2024-01-01", "/x:y"] {
+            assert_eq!(local_path(local), Some(local), "{local:?}");
+        }
+        for foreign in [
+            "",
+            "runs/5",
+            "//evil.example",
+            "//evil.example/runs",
+            "https://evil.example",
+            "javascript:alert(1)",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "/ünïcode",
+        ] {
+            assert_eq!(local_path(foreign), None, "{foreign:?}");
+        }
+        assert_eq!(local_path(&format!("/{}", "a".repeat(3000))), None);
+    }
+
+    #[test]
+    fn the_sign_in_page_is_asked_to_come_back() {
+        let uri: axum::http::Uri = "/assets/a%2Fb?partition=x".parse().unwrap();
+        assert_eq!(
+            login_href(&uri),
+            "/login?next=%2Fassets%2Fa%252Fb%3Fpartition%3Dx"
+        );
+        assert_eq!(login_href(&"/".parse().unwrap()), "/login");
+    }
 }

@@ -671,6 +671,53 @@ async fn launch_refuses_bad_input() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Regression: a body over the 1 MiB limit got a plain-text 413 (when its
+/// length was declared) or a 400 `bad_request` (when it was not); it is the
+/// JSON error every other refusal is, with its own code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_a_json_413() {
+    let app = app().await;
+    let big = json!({ "assets": ["numbers"], "partitions": ["x".repeat(1 << 20)] }).to_string();
+    let declared = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, big.len())
+        .body(Body::from(big.clone()))
+        .unwrap();
+    let message = error(
+        app.send(declared).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert!(
+        message.contains("1 MiB") && message.contains("1048576"),
+        "{message}"
+    );
+
+    // Without a declared length, the limit is met while the body is read.
+    let undeclared = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    error(
+        app.send(undeclared).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+
+    // A body just under the limit is read (and refused for what it says).
+    let under = json!({ "assets": ["nope"], "partitions": ["x".repeat(1000)] }).to_string();
+    let request = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, under.len())
+        .body(Body::from(under))
+        .unwrap();
+    error(
+        app.send(request).await,
+        StatusCode::NOT_FOUND,
+        "unknown_asset",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_refuse_bad_ids() {
     let app = app().await;
@@ -793,6 +840,93 @@ async fn event_stream_pushes_run_step_and_materialization_events() {
         replayed.contains("\"partition\":\"2024-01-09\""),
         "{replayed}"
     );
+}
+
+/// Reads the event stream until it ends; panics if it goes on for `within`.
+async fn read_to_end(body: &mut Body, within: Duration) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("the stream still goes on after {within:?}; got {seen}"));
+        match frame {
+            None => return seen,
+            Some(frame) => {
+                if let Ok(data) = frame.expect("a frame").into_data() {
+                    seen.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        }
+    }
+}
+
+/// Regression: an open event stream was checked for a token only when it
+/// connected, so a revoked or expired token's stream kept delivering. It is
+/// now checked again on a period (here 50 ms instead of 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_end_when_their_token_is_revoked_or_expires() {
+    let app = app().await;
+    let _ = app
+        .state
+        .clone()
+        .recheck_streams_every(Duration::from_millis(50));
+    let store = app.state.engine().store().clone();
+    let open = |secret: Option<String>| {
+        let router = app.router.clone();
+        async move {
+            let mut request = Request::get("/api/v1/events");
+            if let Some(secret) = secret {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {secret}"));
+            }
+            let response = router
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.into_body()
+        }
+    };
+
+    // On a server with no token, a stream opened without one ends once a
+    // token is made (within the second whether one exists is cached).
+    let mut anonymous = open(None).await;
+    let now = jiff::Timestamp::now();
+    let (kept, kept_secret) = generate("kept", Right::Launch, None, now).unwrap();
+    let (revoked, revoked_secret) = generate("revoked", Right::Read, None, now).unwrap();
+    let (expiring, expiring_secret) = generate(
+        "expiring",
+        Right::Read,
+        Some(now + jiff::SignedDuration::from_secs(3)),
+        now,
+    )
+    .unwrap();
+    for token in [kept, revoked, expiring] {
+        store.create_token(token).await.unwrap();
+    }
+    read_to_end(&mut anonymous, Duration::from_secs(5)).await;
+
+    let mut kept = open(Some(kept_secret.expose().to_owned())).await;
+    let mut revoked = open(Some(revoked_secret.expose().to_owned())).await;
+    let mut expiring = open(Some(expiring_secret.expose().to_owned())).await;
+    store
+        .revoke_token("revoked", jiff::Timestamp::now())
+        .await
+        .unwrap();
+    read_to_end(&mut revoked, Duration::from_secs(2)).await;
+    read_to_end(&mut expiring, Duration::from_secs(5)).await;
+
+    // A valid token's stream goes on delivering, past many re-checks.
+    let (status, body) = app
+        .send(token_request(
+            Method::POST,
+            "/api/v1/runs",
+            Some(kept_secret.expose()),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    read_until(&mut kept, "event: run_finished").await;
+    app.state.drain_runs().await;
 }
 
 /// A request with a JSON launch body, and `token` as a bearer header.
@@ -1332,6 +1466,194 @@ async fn pages_ask_to_sign_in_and_the_cookie_lets_in() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Regression: signing in always landed on `/`, not on the page that sent
+/// the user to sign in. The page is carried as `next`, and only a path on
+/// this server is gone back to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_goes_back_to_the_page_that_asked_and_nowhere_else() {
+    let secret = "read-secret-0123456789";
+    let app = app_with(Tokens::none().with(secret, Right::Read)).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/runs?limit=5")
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let to_login = response.headers()[header::LOCATION].to_str().unwrap();
+    assert_eq!(to_login, "/login?next=%2Fruns%3Flimit%3D5");
+    let (status, form) = page(&app, to_login).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        form.contains(r#"name="next" value="/runs?limit=5""#),
+        "{form}"
+    );
+
+    let sign_in = |next: &str| {
+        let body = format!("token={secret}&next={}", encode(next));
+        let router = app.router.clone();
+        async move {
+            let response = router
+                .oneshot(
+                    Request::post("/login")
+                        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(Body::from(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            assert!(response.headers().contains_key(header::SET_COOKIE));
+            response.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(sign_in("/runs?limit=5").await, "/runs?limit=5");
+    assert_eq!(sign_in("/assets/a%2Fb").await, "/assets/a%2Fb");
+    for attempt in [
+        "//evil.example/runs",
+        "https://evil.example",
+        "javascript:alert(1)",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "/\t/evil.example",
+        "evil.example",
+        "",
+    ] {
+        assert_eq!(sign_in(attempt).await, "/", "{attempt:?}");
+    }
+
+    // The sign-in page does not carry a foreign `next` either.
+    let (_, form) = page(&app, "/login?next=%2F%2Fevil.example").await;
+    assert!(!form.contains("name=\"next\""), "{form}");
+}
+
+/// Percent-encodes every byte but unreserved ones, as a form would.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Regression: a read-only token posting a dashboard form got the API's
+/// JSON 403, and a read token posting to a path that does not exist got
+/// 403 instead of 404. Pages now refuse with a page (the API keeps JSON),
+/// and the right is checked only on routes that exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_refuse_with_a_page_and_unknown_routes_are_404_to_any_token() {
+    let read = "read-secret-0123456789";
+    let app = app_with(Tokens::none().with(read, Right::Read)).await;
+    let raw = |method: Method, uri: &str, cookie: Option<&str>, referer: Option<&str>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "127.0.0.1:3000")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(secret) = cookie {
+            request = request.header(header::COOKIE, format!("flowstone_token={secret}"));
+        }
+        if let Some(referer) = referer {
+            request = request.header(header::REFERER, referer);
+        }
+        let router = app.router.clone();
+        let request = request.body(Body::from("partition=2024-01-03")).unwrap();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                content_type,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+
+    // A read token posting the asset page's form: a page that says why,
+    // in the dashboard's layout, with a way to sign in and a way back.
+    let (status, content_type, body) = raw(
+        Method::POST,
+        "/ui/assets/numbers/materialize",
+        Some(read),
+        Some("http://127.0.0.1:3000/assets/numbers"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(
+        body.contains("403 · forbidden")
+            && body.contains("launch right")
+            && body.contains(r#"<header class="top">"#)
+            && body.contains(r#"href="/login">Sign in with another token"#)
+            && body.contains(r#"href="/assets/numbers">Back to the page you came from"#),
+        "{body}"
+    );
+    // A referer from another host is not linked back to.
+    let (_, _, body) = raw(
+        Method::POST,
+        "/ui/runs/0190b5d0-0000-7000-8000-000000000000/cancel",
+        Some(read),
+        Some("http://evil.example/assets/numbers"),
+    )
+    .await;
+    assert!(
+        body.contains(r#"href="/">Back to the asset graph"#) && !body.contains("evil"),
+        "{body}"
+    );
+
+    // Without a token: a page asking to sign in (a form post is not sent
+    // to the sign-in page, whose answer would lose the form).
+    let (status, content_type, body) =
+        raw(Method::POST, "/ui/assets/numbers/materialize", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(
+        body.contains("401 · unauthorized") && body.contains(r#"href="/login">Sign in"#),
+        "{body}"
+    );
+
+    // The API keeps JSON.
+    let (status, content_type, body) = raw(Method::POST, "/api/v1/runs", Some(read), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    assert!(body.contains(r#""code":"forbidden""#), "{body}");
+
+    // A path that does not exist is a 404 to a read token, whatever the
+    // method; a route that exists without that method is a 405.
+    for uri in ["/nope", "/api/v1/nope", "/ui/assets/numbers/nope"] {
+        let (status, _, body) = raw(Method::POST, uri, Some(read), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        assert!(body.contains(r#""code":"not_found""#), "{uri}: {body}");
+    }
+    let (status, _, body) = raw(Method::POST, "/runs", Some(read), None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    // Without a token, even an unknown path is refused first: it tells
+    // nothing about which routes exist.
+    let (status, _, _) = raw(Method::POST, "/nope", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

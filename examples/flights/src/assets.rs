@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use flowstone::partitions::{PartitionsDef, PartitionsError, TimeWindowPartitions};
 use flowstone::{
-    AssetContext, DefinitionErrors, Definitions, Partitioned, Result, ResultExt, asset,
+    AssetContext, DefinitionErrors, Definitions, Partitioned, Result, ResultExt, RetryPolicy, asset,
 };
 use jiff::civil::Date;
 
@@ -104,13 +104,22 @@ pub fn definitions_with(dir: impl AsRef<Path>) -> Result<Definitions, Definition
     builder.build()
 }
 
+/// The retry policy of the raw assets, those that read the data files: 3
+/// attempts in all, 1 s then 2 s apart (with jitter). A file that cannot be
+/// read or parsed is a fatal error and is not retried; what is retried is a
+/// step whose worker died, which the leader hands back to the queue with
+/// the attempt counted (on PostgreSQL, beside other workers).
+pub fn raw_retry() -> RetryPolicy {
+    RetryPolicy::exponential(3)
+}
+
 fn partition_date(ctx: &AssetContext) -> Result<Date> {
     let key = ctx.require_partition_key()?;
     key.as_str().parse::<Date>().fatal()
 }
 
 /// Airlines: carrier code and name.
-#[asset(group = "flights")]
+#[asset(group = "flights", retry = raw_retry())]
 pub async fn airlines(ctx: &AssetContext) -> Result<Vec<Airline>> {
     let data = ctx.resource::<FlightsData>()?;
     let rows = crate::read_airlines(&data.dir).fatal()?;
@@ -119,7 +128,7 @@ pub async fn airlines(ctx: &AssetContext) -> Result<Vec<Airline>> {
 }
 
 /// Airports: FAA code, name, position and time zone.
-#[asset(group = "flights")]
+#[asset(group = "flights", retry = raw_retry())]
 pub async fn airports(ctx: &AssetContext) -> Result<Vec<Airport>> {
     let data = ctx.resource::<FlightsData>()?;
     let rows = crate::read_airports(&data.dir).fatal()?;
@@ -128,7 +137,7 @@ pub async fn airports(ctx: &AssetContext) -> Result<Vec<Airport>> {
 }
 
 /// Planes: tail number, maker, model, seats.
-#[asset(group = "flights")]
+#[asset(group = "flights", retry = raw_retry())]
 pub async fn planes(ctx: &AssetContext) -> Result<Vec<Plane>> {
     let data = ctx.resource::<FlightsData>()?;
     let rows = crate::read_planes(&data.dir).fatal()?;
@@ -138,7 +147,7 @@ pub async fn planes(ctx: &AssetContext) -> Result<Vec<Plane>> {
 
 /// The day's departures, as read from flights.csv.zip (by their local date of
 /// scheduled departure).
-#[asset(group = "flights", partitions = daily())]
+#[asset(group = "flights", partitions = daily(), retry = raw_retry())]
 pub async fn raw_flights(ctx: &AssetContext) -> Result<Vec<RawFlight>> {
     let date = partition_date(ctx)?;
     let data = ctx.resource::<FlightsData>()?;
@@ -148,7 +157,7 @@ pub async fn raw_flights(ctx: &AssetContext) -> Result<Vec<RawFlight>> {
 }
 
 /// The weather observations of one local hour at EWR, JFK and LGA.
-#[asset(group = "flights", partitions = hourly())]
+#[asset(group = "flights", partitions = hourly(), retry = raw_retry())]
 pub async fn raw_weather(ctx: &AssetContext) -> Result<Vec<WeatherObs>> {
     let window = ctx.require_partition_window()?;
     let data = ctx.resource::<FlightsData>()?;

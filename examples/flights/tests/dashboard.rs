@@ -54,13 +54,39 @@ fn serve_refuses_a_bad_token_list() {
 #[test]
 fn serve_refuses_a_bad_address() {
     let dir = tempfile::tempdir().unwrap();
-    let out = flights(dir.path())
-        .args(["serve", "--bind", "localhost"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--bind"), "{stderr}");
+    for (bind, says) in [
+        ("localhost", "has no port"),
+        ("not_a_host!:3000", "neither an IP address nor a host name"),
+    ] {
+        let out = flights(dir.path())
+            .args(["serve", "--bind", bind])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--bind") && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(stderr.contains("localhost:3000"), "{stderr}");
+    }
+}
+
+/// Regression: `--bind localhost:PORT` was refused as "invalid socket
+/// address syntax". It is loopback, so it needs no token.
+#[test]
+fn serve_binds_localhost_as_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start_on(dir.path(), "localhost:0");
+    assert!(
+        served.base.starts_with("http://127.0.0.1:"),
+        "{}",
+        served.base
+    );
+    let (status, body) = get(&served.base, "/api/v1/health");
+    assert_eq!(status, 200, "{body}");
+    let status = served.stop();
+    assert_eq!(status.code(), Some(0));
 }
 
 /// A `flights serve` child on a free loopback port, killed on drop.
@@ -71,8 +97,13 @@ struct Served {
 
 impl Served {
     fn start(store: &Path) -> Served {
+        Served::start_on(store, "127.0.0.1:0")
+    }
+
+    /// Serves on `bind`, which must be a loopback address.
+    fn start_on(store: &Path, bind: &str) -> Served {
         let mut child = flights(store)
-            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(["serve", "--bind", bind])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,12 +11,24 @@ use anyhow::Context as _;
 use flowstone::{Definitions, Engine, MemoryIoManager, SqliteStore, Store};
 use flowstone_bench::workload::noop;
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: noop-run STORE_PATH
+
+Opens (or makes) the SQLite store at STORE_PATH, materializes one no-op asset once, and
+prints one JSON line of timings; flowstone-bench starts it.";
+
 fn main() -> ExitCode {
     let started = Instant::now();
     let Some(location) = std::env::args().nth(1) else {
-        eprintln!("usage: noop-run STORE_PATH");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // Not a store path: `--help` would otherwise make a store named so.
+    if location == "-h" || location == "--help" {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

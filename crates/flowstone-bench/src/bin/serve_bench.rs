@@ -28,6 +28,20 @@ use flowstone::partitions::TimeWindowPartitions;
 use flowstone::{AssetBuilder, Definitions, Engine, MemoryIoManager, SqliteStore, Store};
 use flowstone_server::{ServeOptions, Server};
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: serve-bench [--store DIR] [--flights PATH] [--serve-only]
+
+Figures for `flights serve`: time until the port answers, idle RSS, request latency, and the
+time from a step completing to its event at a stream client. Only loopback is used.
+
+  --store DIR       a store filled by the main job (the bench forces a backfill of
+                    raw_weather in it: give a copy); without it a temporary one is filled
+  --flights PATH    the flights binary to measure (default: beside this one; build it with
+                    `cargo build --release -p flights`)
+  --serve-only      leave out the in-process part
+  -h, --help        this text";
+
 fn main() -> anyhow::Result<()> {
     let mut store: Option<PathBuf> = None;
     let mut flights: Option<PathBuf> = None;
@@ -38,8 +52,13 @@ fn main() -> anyhow::Result<()> {
             "--store" => store = args.next().map(PathBuf::from),
             "--flights" => flights = args.next().map(PathBuf::from),
             "--serve-only" => serve_only = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
             other => bail!(
-                "unknown argument {other:?}; give --store DIR, --flights PATH and/or --serve-only"
+                "unknown argument {other:?}; give --store DIR, --flights PATH and/or \
+                 --serve-only (--help says more)"
             ),
         }
     }

@@ -194,6 +194,76 @@ fn duration(text: &str) -> Result<jiff::SignedDuration, String> {
     Ok(parsed)
 }
 
+/// What `--bind` accepts, said in every refusal.
+const BIND_ACCEPTED: &str = "give HOST:PORT, with HOST an IP address (127.0.0.1, [::1]) or a \
+                             host name (localhost), e.g. 127.0.0.1:3000 or localhost:3000";
+
+/// A `--bind` address: `IP:PORT`, or `HOST:PORT` with a host name resolved
+/// here, once (the first address it resolves to is used).
+fn bind_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    parse_bind(text, |host, port| {
+        (host, port).to_socket_addrs().map(Iterator::collect)
+    })
+}
+
+/// [`bind_address`] with the resolver given, so that it can be tested
+/// without asking one. `localhost` is 127.0.0.1 without asking: it must
+/// be loopback, whatever the resolver says, and it is what `serve` binds
+/// by default.
+fn parse_bind(
+    text: &str,
+    resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>>,
+) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    if text.starts_with('[') {
+        return Err(format!(
+            "{text:?} is not an IPv6 address with a port, such as [::1]:3000; {BIND_ACCEPTED}"
+        ));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; {BIND_ACCEPTED}"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} in {text:?} is not a port (0 to 65535); {BIND_ACCEPTED}"))?;
+    if !is_host_name(host) {
+        return Err(format!(
+            "{host:?} in {text:?} is neither an IP address nor a host name; {BIND_ACCEPTED}"
+        ));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.eq_ignore_ascii_case("localhost") {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let found = resolve(host, port)
+        .map_err(|err| format!("cannot resolve the host name {host:?}: {err}; {BIND_ACCEPTED}"))?;
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("the host name {host:?} resolves to no address; {BIND_ACCEPTED}"))
+}
+
+/// Whether `host` is a DNS name: dot-separated labels of 1 to 63 letters,
+/// digits and `-` (not at either end), 253 characters at most, with an
+/// optional final dot.
+fn is_host_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 #[derive(Debug, Args)]
 #[command(
     after_help = "API tokens: `tokens create NAME --right read|launch` makes one (kept \
@@ -203,9 +273,11 @@ fn duration(text: &str) -> Result<jiff::SignedDuration, String> {
                         server binds only to loopback addresses."
 )]
 pub struct ServeArgs {
-    /// The address to listen on; an address other than loopback needs an
-    /// API token (`tokens create`, or FLOWSTONE_API_TOKENS).
-    #[arg(long, default_value = "127.0.0.1:3000", value_name = "ADDR")]
+    /// The address to listen on, as IP:PORT or HOST:PORT (`localhost` is
+    /// 127.0.0.1; another name is resolved once, and the first of its
+    /// addresses is bound); an address other than loopback needs an API
+    /// token (`tokens create`, or FLOWSTONE_API_TOKENS).
+    #[arg(long, default_value = "127.0.0.1:3000", value_name = "ADDR", value_parser = bind_address)]
     pub bind: std::net::SocketAddr,
 
     /// Run no worker over queued runs (runs launched from the API still
@@ -382,4 +454,79 @@ pub struct ShowArgs {
     /// The partition key (needed for a partitioned asset).
     #[arg(long, short = 'p', value_name = "KEY")]
     pub partition: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn no_resolver(host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        panic!("{host} was resolved, but needs no resolver")
+    }
+
+    #[test]
+    fn bind_takes_addresses_and_localhost_without_a_resolver() {
+        let addr = |text| parse_bind(text, no_resolver).unwrap();
+        assert_eq!(addr("127.0.0.1:3000"), "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(addr("[::1]:0"), "[::1]:0".parse().unwrap());
+        for name in ["localhost:3000", "LocalHost:3000", "localhost.:3000"] {
+            let bound = addr(name);
+            assert_eq!(bound, "127.0.0.1:3000".parse().unwrap(), "{name}");
+            assert!(bound.ip().is_loopback());
+        }
+    }
+
+    /// Regression: `serve --bind localhost:3000` was refused as "invalid
+    /// socket address syntax"; a host name is now resolved, and the first
+    /// of its addresses is bound.
+    #[test]
+    fn bind_resolves_a_host_name_to_its_first_address() {
+        let resolved = parse_bind("db.internal:8080", |host, port| {
+            assert_eq!((host, port), ("db.internal", 8080));
+            Ok(vec![
+                "10.0.0.5:8080".parse().unwrap(),
+                "10.0.0.6:8080".parse().unwrap(),
+            ])
+        });
+        assert_eq!(resolved, Ok("10.0.0.5:8080".parse().unwrap()));
+
+        let err = parse_bind("nowhere.example:80", |_, _| {
+            Err(std::io::Error::other("no such host"))
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("cannot resolve the host name \"nowhere.example\"")
+                && err.contains("no such host")
+                && err.contains("localhost:3000"),
+            "{err}"
+        );
+        let err = parse_bind("empty.example:80", |_, _| Ok(vec![])).unwrap_err();
+        assert!(err.contains("resolves to no address"), "{err}");
+    }
+
+    #[test]
+    fn bind_refusals_say_what_is_accepted() {
+        for (text, says) in [
+            ("localhost", "has no port"),
+            ("localhost:99999", "is not a port"),
+            ("localhost:", "is not a port"),
+            ("bad_host!:3000", "neither an IP address nor a host name"),
+            (
+                "-dash.example:3000",
+                "neither an IP address nor a host name",
+            ),
+            (":3000", "neither an IP address nor a host name"),
+            ("::1:3000", "neither an IP address nor a host name"),
+            ("[::1]", "not an IPv6 address with a port"),
+        ] {
+            let err = parse_bind(text, no_resolver).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(
+                err.contains("HOST:PORT") && err.contains("127.0.0.1:3000"),
+                "{err}"
+            );
+        }
+    }
 }
