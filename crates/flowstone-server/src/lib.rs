@@ -260,6 +260,7 @@ impl Server {
     /// cannot be bound.
     pub async fn start(engine: Engine, options: ServeOptions) -> Result<Server, ServeError> {
         options.check(engine.store().as_ref()).await?;
+        memory::tune_allocator();
         let listener = tokio::net::TcpListener::bind(options.bind)
             .await
             .map_err(|source| ServeError::Bind {

@@ -8,6 +8,13 @@
 //! second, and again five seconds later, the [`Trimmer`] asks the store to
 //! let go of its caches ([`Store::release_memory`]) and then `malloc_trim`
 //! hands the free pages back.
+//!
+//! `malloc_trim` cannot give back the free top of a thread's arena below
+//! glibc's trim threshold, and glibc raises that threshold (and the size
+//! from which it maps a block of its own) up to 64 MiB each time a large
+//! block is freed: after a big page (the 8,760 hourly cells of
+//! `raw_weather`) an idle `serve` kept 7 to 16 MiB of such pages instead of
+//! 4. [`tune_allocator`] fixes both when the server starts.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,6 +84,44 @@ impl Trimmer {
         self.wanted.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// Blocks of at least this size get pages of their own, returned to the
+/// system when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: std::ffi::c_int = 1 << 20;
+/// Free space at the top of an arena beyond this goes back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: std::ffi::c_int = 128 << 10;
+
+/// Fixes glibc's trim and mmap thresholds for this process (see the module
+/// docs), unless the user chose them: `MALLOC_TRIM_THRESHOLD_`,
+/// `MALLOC_MMAP_THRESHOLD_` or a `glibc.malloc` tunable in
+/// `GLIBC_TUNABLES` leaves them alone. Costs a backfill through the
+/// server a few percent (crates/flowstone-bench/README.md, idle memory).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn tune_allocator() {
+    let chosen = std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
+    if chosen {
+        return;
+    }
+    unsafe extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    // glibc's malloc.h: M_TRIM_THRESHOLD and M_MMAP_THRESHOLD.
+    const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+    const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+    // SAFETY: mallopt takes two integers and changes glibc's own settings
+    // under its lock; it may be called at any time from any thread.
+    unsafe {
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn tune_allocator() {}
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release() {
