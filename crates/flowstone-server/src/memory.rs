@@ -100,10 +100,7 @@ const TRIM_THRESHOLD: std::ffi::c_int = 128 << 10;
 /// server a few percent (crates/flowstone-bench/README.md, idle memory).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn tune_allocator() {
-    let chosen = std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
-        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
-    if chosen {
+    if user_tuned_malloc(|name| std::env::var(name).ok()) {
         return;
     }
     unsafe extern "C" {
@@ -123,6 +120,15 @@ pub(crate) fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn tune_allocator() {}
 
+/// Whether the environment (read through `var`) sets glibc's malloc
+/// thresholds or tunables, which [`tune_allocator`] then leaves alone.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn user_tuned_malloc(var: impl Fn(&str) -> Option<String>) -> bool {
+    var("MALLOC_TRIM_THRESHOLD_").is_some()
+        || var("MALLOC_MMAP_THRESHOLD_").is_some()
+        || var("GLIBC_TUNABLES").is_some_and(|t| t.contains("glibc.malloc."))
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release() {
     unsafe extern "C" {
@@ -137,3 +143,37 @@ fn release() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_malloc_settings_are_kept() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(!user_tuned_malloc(env(&[])));
+        assert!(!user_tuned_malloc(env(&[(
+            "GLIBC_TUNABLES",
+            "glibc.pthread.rseq=0"
+        )])));
+        assert!(user_tuned_malloc(env(&[(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.arena_max=1"
+        )])));
+        assert!(user_tuned_malloc(env(&[("MALLOC_TRIM_THRESHOLD_", "0")])));
+        assert!(user_tuned_malloc(env(&[(
+            "MALLOC_MMAP_THRESHOLD_",
+            "65536"
+        )])));
+        // Setting the thresholds twice (two servers in one process) is harmless.
+        tune_allocator();
+        tune_allocator();
+    }
+}
