@@ -10,9 +10,9 @@
 //! hands the free pages back.
 //!
 //! `malloc_trim` cannot give back the free top of a thread's arena below
-//! glibc's trim threshold, and glibc raises that threshold (and the size
-//! from which it maps a block of its own) up to 64 MiB each time a large
-//! block is freed: after a big page (the 8,760 hourly cells of
+//! glibc's trim threshold, and glibc raises that threshold (up to 64 MiB)
+//! and the size from which it maps a block of its own (up to 32 MiB) each
+//! time a large mapped block is freed: after a big page (the 8,760 hourly cells of
 //! `raw_weather`) an idle `serve` kept 7 to 16 MiB of such pages instead of
 //! 4. [`tune_allocator`] fixes both when the server starts.
 
