@@ -301,6 +301,8 @@ impl Server {
             warm.inner.memory.trim_soon();
         }));
 
+        tasks.push(spawn_trim_after_runs(state.clone(), stop_rx.clone()));
+
         let app = router(state.clone());
         let mut shutdown = stop_rx;
         let serve = tokio::spawn(async move {
@@ -377,6 +379,29 @@ fn spawn_maintenance(
         }
         halt.send_replace(Stop::Drain);
         maintain.await;
+    })
+}
+
+/// Gives memory back once a run has finished (a run's steps, in process
+/// or not, leave freed memory behind that no request would trim).
+fn spawn_trim_after_runs(
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut events = state.inner.feed.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) if event.kind == flowstone_core::store::EventKind::RunFinished => {
+                        state.inner.memory.trim_soon();
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
     })
 }
 

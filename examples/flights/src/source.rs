@@ -4,7 +4,9 @@
 //! [`read_airports`] and [`read_planes`]. The two big files are read once per
 //! process through a source: [`FlightsSource`] serves the rows of one local day,
 //! [`WeatherSource`] the observations of one hour window. Both parse on first use
-//! and keep the result (or the error) for every later call, from any thread.
+//! and keep the result (or the error) for later calls, from any thread, until
+//! nothing has asked for [`KEEP_IDLE`]: a long-lived process (`serve`) does not
+//! hold the parsed year after its runs.
 //!
 //! Parsing is strict: the header must be exactly the expected one, and a value that
 //! does not fit its column fails the whole file with a [`DataError`] naming the
@@ -17,7 +19,8 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use csv::StringRecord;
 use jiff::Timestamp;
@@ -25,6 +28,81 @@ use jiff::civil::Date;
 
 use crate::error::DataError;
 use crate::model::{Airline, Airport, Plane, RawFlight, WeatherObs};
+
+/// How long a source keeps its parsed file after the last call.
+pub const KEEP_IDLE: Duration = Duration::from_secs(5);
+
+/// A parsed file (or its error), kept while it is asked for and dropped by a
+/// short-lived thread once nobody has asked for `idle`. Concurrent first calls
+/// wait for a single parse.
+struct IdleCache<T> {
+    idle: Duration,
+    state: Arc<Mutex<Cached<T>>>,
+}
+
+struct Cached<T> {
+    value: Option<Arc<Result<T, DataError>>>,
+    used: Instant,
+    /// Whether a thread is waiting to drop `value`.
+    reaper: bool,
+}
+
+impl<T: Send + Sync + 'static> IdleCache<T> {
+    fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            state: Arc::new(Mutex::new(Cached {
+                value: None,
+                used: Instant::now(),
+                reaper: false,
+            })),
+        }
+    }
+
+    fn get(&self, load: impl FnOnce() -> Result<T, DataError>) -> Arc<Result<T, DataError>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let value = state.value.get_or_insert_with(|| Arc::new(load())).clone();
+        state.used = Instant::now();
+        if !state.reaper {
+            // Without a thread the value is simply kept, as before.
+            state.reaper = spawn_reaper(Arc::downgrade(&self.state), self.idle);
+        }
+        value
+    }
+
+    fn is_loaded(&self) -> Option<bool> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.value.as_ref().map(|v| v.is_ok())
+    }
+}
+
+/// Drops the cached value once it has been idle for `idle`; ends then, or
+/// when the cache itself is gone. Whether a thread was started.
+fn spawn_reaper<T: Send + Sync + 'static>(state: Weak<Mutex<Cached<T>>>, idle: Duration) -> bool {
+    std::thread::Builder::new()
+        .name("flights-source-reaper".into())
+        .spawn(move || {
+            loop {
+                let Some(strong) = state.upgrade() else {
+                    return;
+                };
+                let mut cached = strong.lock().unwrap_or_else(|e| e.into_inner());
+                let due = cached.used + idle;
+                if Instant::now() >= due {
+                    let value = cached.value.take();
+                    cached.reaper = false;
+                    drop(cached);
+                    // Freed outside the lock (the year of flights is ~100 MB).
+                    drop(value);
+                    return;
+                }
+                drop(cached);
+                drop(strong);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        })
+        .is_ok()
+}
 
 /// Name of the zip archive holding the flights, inside the data directory.
 pub const FLIGHTS_ZIP: &str = "flights.csv.zip";
@@ -241,13 +319,14 @@ pub fn parse_weather(reader: impl Read, file: &str) -> Result<Vec<WeatherObs>, D
 ///
 /// The archive is parsed on the first call to [`FlightsSource::day`] (0.3 s in a
 /// release build, 1.2 s in a debug one, on the 2-core development machine) and
-/// kept in memory, indexed by date; later calls only clone the day's rows. Share one source between tasks, e.g. in an `Arc`:
-/// concurrent first calls wait for a single parse.
+/// kept in memory, indexed by date, until no call has come for [`KEEP_IDLE`];
+/// later calls only clone the day's rows. Share one source between tasks, e.g.
+/// in an `Arc`: concurrent first calls wait for a single parse.
 pub struct FlightsSource {
     path: PathBuf,
     /// Rows grouped by the local date of scheduled departure, in file order within a
-    /// day. Set once; a failed load is kept so every caller gets the same error.
-    days: OnceLock<Result<HashMap<Date, Vec<RawFlight>>, DataError>>,
+    /// day. A failed load is kept too, so every caller gets the same error.
+    days: IdleCache<HashMap<Date, Vec<RawFlight>>>,
 }
 
 impl FlightsSource {
@@ -261,7 +340,7 @@ impl FlightsSource {
         std::fs::metadata(&path).map_err(|source| io_error(&path, source))?;
         Ok(Self {
             path,
-            days: OnceLock::new(),
+            days: IdleCache::new(KEEP_IDLE),
         })
     }
 
@@ -274,7 +353,9 @@ impl FlightsSource {
     /// Fails if the archive cannot be read or any of its rows does not parse; the
     /// same error is returned by every call.
     pub fn day(&self, date: Date) -> Result<Vec<RawFlight>, DataError> {
-        Ok(self.load()?.get(&date).cloned().unwrap_or_default())
+        let loaded = self.load();
+        let days = loaded.as_ref().as_ref().map_err(Clone::clone)?;
+        Ok(days.get(&date).cloned().unwrap_or_default())
     }
 
     /// Every date that has at least one flight, ascending.
@@ -283,20 +364,21 @@ impl FlightsSource {
     ///
     /// As for [`FlightsSource::day`].
     pub fn dates(&self) -> Result<Vec<Date>, DataError> {
-        let mut dates: Vec<Date> = self.load()?.keys().copied().collect();
+        let loaded = self.load();
+        let days = loaded.as_ref().as_ref().map_err(Clone::clone)?;
+        let mut dates: Vec<Date> = days.keys().copied().collect();
         dates.sort_unstable();
         Ok(dates)
     }
 
-    fn load(&self) -> Result<&HashMap<Date, Vec<RawFlight>>, DataError> {
-        let loaded = self.days.get_or_init(|| {
+    fn load(&self) -> Arc<Result<HashMap<Date, Vec<RawFlight>>, DataError>> {
+        self.days.get(|| {
             let mut days: HashMap<Date, Vec<RawFlight>> = HashMap::new();
             for (date, flight) in read_flights_zip(&self.path)? {
                 days.entry(date).or_default().push(flight);
             }
             Ok(days)
-        });
-        loaded.as_ref().map_err(Clone::clone)
+        })
     }
 }
 
@@ -304,7 +386,7 @@ impl fmt::Debug for FlightsSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FlightsSource")
             .field("path", &self.path)
-            .field("loaded", &self.days.get().map(Result::is_ok))
+            .field("loaded", &self.days.is_loaded())
             .finish()
     }
 }
@@ -322,12 +404,12 @@ fn read_flights_zip(path: &Path) -> Result<Vec<(Date, RawFlight)>, DataError> {
 
 /// The observations of `weather.csv`, served by hour window.
 ///
-/// Like [`FlightsSource`], the file is parsed on first use and kept, sorted by
-/// `time_hour` then origin, so a window is found by binary search.
+/// Like [`FlightsSource`], the file is parsed on first use and kept while in
+/// use, sorted by `time_hour` then origin, so a window is found by binary search.
 pub struct WeatherSource {
     path: PathBuf,
-    /// All observations sorted by `(time_hour, origin)`. Set once, errors kept.
-    observations: OnceLock<Result<Vec<WeatherObs>, DataError>>,
+    /// All observations sorted by `(time_hour, origin)`; errors kept too.
+    observations: IdleCache<Vec<WeatherObs>>,
 }
 
 impl WeatherSource {
@@ -341,7 +423,7 @@ impl WeatherSource {
         std::fs::metadata(&path).map_err(|source| io_error(&path, source))?;
         Ok(Self {
             path,
-            observations: OnceLock::new(),
+            observations: IdleCache::new(KEEP_IDLE),
         })
     }
 
@@ -357,20 +439,20 @@ impl WeatherSource {
     /// Fails if the file cannot be read or any of its rows does not parse; the same
     /// error is returned by every call.
     pub fn hour(&self, start: Timestamp, end: Timestamp) -> Result<Vec<WeatherObs>, DataError> {
-        let all = self.load()?;
+        let loaded = self.load();
+        let all = loaded.as_ref().as_ref().map_err(Clone::clone)?;
         let from = all.partition_point(|obs| obs.time_hour < start);
         let to = all.partition_point(|obs| obs.time_hour < end).max(from);
         Ok(all[from..to].to_vec())
     }
 
-    fn load(&self) -> Result<&[WeatherObs], DataError> {
-        let loaded = self.observations.get_or_init(|| {
+    fn load(&self) -> Arc<Result<Vec<WeatherObs>, DataError>> {
+        self.observations.get(|| {
             let file = self.path.display().to_string();
             let mut all = parse_weather(BufReader::new(open(&self.path)?), &file)?;
             all.sort_by(|a, b| (a.time_hour, &a.origin).cmp(&(b.time_hour, &b.origin)));
             Ok(all)
-        });
-        loaded.as_deref().map_err(Clone::clone)
+        })
     }
 }
 
@@ -378,7 +460,7 @@ impl fmt::Debug for WeatherSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WeatherSource")
             .field("path", &self.path)
-            .field("loaded", &self.observations.get().map(Result::is_ok))
+            .field("loaded", &self.observations.is_loaded())
             .finish()
     }
 }
@@ -546,6 +628,7 @@ impl Fields<'_> {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -747,5 +830,54 @@ mod tests {
 
         assert!(err.to_string().starts_with("cannot read "), "{err}");
         assert!(WeatherSource::open(dir.path()).is_err());
+    }
+
+    #[test]
+    fn an_idle_cache_lets_go_and_loads_again() {
+        let cache = IdleCache::new(Duration::from_millis(50));
+        let loads = AtomicUsize::new(0);
+        let load = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![1, 2, 3])
+        };
+        let first = cache.get(load);
+        assert_eq!(first.as_ref().as_ref().ok(), Some(&vec![1, 2, 3]));
+        assert_eq!(
+            cache.get(load).as_ref().as_ref().ok().map(Vec::len),
+            Some(3)
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "kept while in use");
+        assert_eq!(cache.is_loaded(), Some(true));
+
+        // Dropped once idle (polled for at most 5 s)...
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.is_loaded().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(cache.is_loaded(), None, "dropped after being idle");
+        // ...while a caller's copy lives on, and the next call loads again.
+        assert_eq!(first.as_ref().as_ref().ok().map(Vec::len), Some(3));
+        assert_eq!(
+            cache.get(load).as_ref().as_ref().ok().map(Vec::len),
+            Some(3)
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn an_idle_cache_keeps_an_error_while_in_use() {
+        let cache: IdleCache<Vec<u8>> = IdleCache::new(Duration::from_secs(60));
+        let err = cache.get(|| {
+            Err(io_error(
+                Path::new("gone.csv"),
+                std::io::ErrorKind::NotFound.into(),
+            ))
+        });
+        let again = cache.get(|| Ok(vec![1]));
+        assert!(
+            err.is_err() && again.is_err(),
+            "the same error for every call"
+        );
+        assert_eq!(cache.is_loaded(), Some(false));
     }
 }
