@@ -732,6 +732,28 @@ pub(crate) fn acting_engine(state: &AppState, principal: Option<&Principal>) -> 
     }
 }
 
+/// Why a launch started no run: what is materialized, and what other runs
+/// hold (the store keeps one live step per asset partition).
+fn nothing_to_do_message(plan: &flowstone_core::plan::Plan) -> String {
+    let (done, queued) = (plan.already_materialized, plan.already_queued);
+    if queued == 0 {
+        return format!(
+            "nothing to do: all {done} selected asset partitions are already materialized \
+             (\"force\": true runs them again)"
+        );
+    }
+    let done = if done > 0 {
+        format!("{done} selected asset partitions are already materialized and ")
+    } else {
+        "all ".to_owned()
+    };
+    format!(
+        "nothing to do: {done}{queued} are queued or running in other runs (e.g. {}); \
+         resume an interrupted run or cancel it to free its partitions",
+        plan.already_queued_examples.join(", ")
+    )
+}
+
 /// Launches a run and works on it in this process.
 pub(crate) async fn launch_run(
     state: &AppState,
@@ -746,8 +768,10 @@ pub(crate) async fn launch_run(
                 "run_id": null,
                 "steps": 0,
                 "already_materialized": plan.already_materialized,
+                "already_queued": plan.already_queued,
+                "already_queued_examples": plan.already_queued_examples,
                 "left_out": plan.left_out,
-                "message": "nothing to do: every selected asset partition is materialized",
+                "message": nothing_to_do_message(&plan),
             }),
         )),
         Launch::Started { run, plan, handle } => {

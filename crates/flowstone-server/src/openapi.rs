@@ -286,7 +286,10 @@ pub fn document() -> Value {
                     } } },
                     "responses": {
                         "201": ok("started: the run id", obj()),
-                        "200": ok("nothing to do; run_id is null", obj()),
+                        "200": ok("nothing to do; run_id is null, and `message` says why: \
+                                   `already_materialized` partitions exist, `already_queued` \
+                                   are held by other runs (`already_queued_examples` names them)",
+                                  obj()),
                         "400": bad_partition,
                         "403": forbidden,
                         "404": unknown_asset,

@@ -649,7 +649,8 @@ async fn asset_page(
             }
             @if query.nothing.is_some() {
                 p.notice role="status" { "Nothing to do: every selected partition is already \
-                                          materialized." }
+                                          materialized, or queued or running in another run \
+                                          (see Runs)." }
             }
             @if let Some(panel) = selected { (panel) }
             div hx-ext="sse" sse-connect="/api/v1/events" {

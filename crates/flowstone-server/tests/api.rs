@@ -539,6 +539,42 @@ async fn backfill_and_nothing_to_do() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["run_id"], Value::Null);
     assert_eq!(body["already_materialized"], 3);
+    assert_eq!(body["already_queued"], 0);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("all 3 selected asset partitions are already materialized"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_to_do_names_the_run_that_holds_the_partitions() {
+    let app = app().await;
+    // A run queued by another process (submitted, nobody working on it).
+    let request = flowstone_core::RunRequest::backfill(
+        vec!["numbers".parse().unwrap()],
+        flowstone_core::PartitionSelection::Keys(vec!["2024-01-05".into(), "2024-01-06".into()]),
+    );
+    let (_, run) = app.state.engine().submit(&request).await.unwrap();
+    let holder = run.expect("a run was queued").id.to_string();
+
+    let (status, body) = app
+        .post(
+            "/api/v1/runs",
+            json!({ "assets": ["numbers"], "mode": "backfill",
+                    "from": "2024-01-05", "to": "2024-01-06" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["run_id"], Value::Null);
+    assert_eq!(body["already_materialized"], 0);
+    assert_eq!(body["already_queued"], 2);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("queued or running in other runs") && message.contains(&holder),
+        "{message}"
+    );
+    assert!(!message.contains("already materialized"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
