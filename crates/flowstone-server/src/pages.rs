@@ -1038,12 +1038,18 @@ fn runs_table(runs: &[RunRecord]) -> Markup {
             tbody {
                 @for run in runs {
                     @let s = run.steps;
-                    @let done = s.completed + s.failed + s.skipped + s.cancelled;
+                    @let not_done = s.failed + s.skipped + s.cancelled;
                     tr {
                         td { a href=(format!("/runs/{}", run.id)) { code { (short(run.id)) } } }
                         td { (run_state_chip(run.state.as_str())) }
                         td.what { (run.description) }
-                        td { progress max=(s.total().max(1)) value=(done) {} " " (done) " / " (s.total()) }
+                        td {
+                            progress max=(s.total().max(1)) value=(s.completed) {}
+                            " " (s.completed) " / " (s.total())
+                            @if not_done > 0 {
+                                " (" (not_done) " failed, skipped or cancelled)"
+                            }
+                        }
                         td { (run.user) }
                         td { (when(run.created_at)) }
                     }
@@ -1128,14 +1134,16 @@ fn run_body(run: &RunRecord, steps: &[StepRecord], events: &[EventRecord]) -> Ma
     html! {
         div.summary #run-summary data-state=(run.state.as_str()) {
             (run_state_chip(run.state.as_str()))
-            span { "done " strong { (done) } " / " (s.total()) }
+            span { "finished " strong { (done) } " / " (s.total()) }
             span { "✓ " (s.completed) " completed" }
             span { "✕ " (s.failed) " failed" }
             span { "▶ " (s.running) " running" }
             span { "… " (queued) " queued" }
+            @if s.skipped > 0 { span { "↷ " (s.skipped) " skipped" } }
+            @if s.cancelled > 0 { span { "⊘ " (s.cancelled) " cancelled" } }
             span { (format!("{rate:.1}")) " steps/s · " (eta) }
         }
-        progress.big max=(s.total().max(1)) value=(done) {}
+        progress.big max=(s.total().max(1)) value=(s.completed) {}
         h2 { "Steps" }
         div.steps role="list" {
             @for step in steps.iter().take(5000) {

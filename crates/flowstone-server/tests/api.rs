@@ -578,6 +578,36 @@ async fn nothing_to_do_names_the_run_that_holds_the_partitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_does_not_look_done() {
+    let app = app().await;
+    let request = flowstone_core::RunRequest::backfill(
+        vec!["numbers".parse().unwrap()],
+        flowstone_core::PartitionSelection::Keys(vec!["2024-01-07".into(), "2024-01-08".into()]),
+    );
+    let (_, run) = app.state.engine().submit(&request).await.unwrap();
+    let run = run.expect("a run was queued").id.to_string();
+    let (status, body) = app
+        .post(&format!("/api/v1/runs/{run}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cancelled"], true, "{body}");
+
+    let (status, list) = page(&app, "/runs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.contains("value=\"0\"") && list.contains("0 / 2 (2 failed, skipped or cancelled)"),
+        "{list}"
+    );
+    let (status, detail) = page(&app, &format!("/runs/{run}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(detail.contains("⊘ 2 cancelled"), "{detail}");
+    assert!(
+        detail.contains("class=\"big\" max=\"2\" value=\"0\""),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_refuses_bad_input() {
     let app = app().await;
     let raw = |body: &str, content_type: Option<&str>| {
