@@ -101,11 +101,12 @@ impl ApiError {
         }
     }
 
-    /// The message sent to the client.
+    /// The message sent to the client. A message that quotes a huge input
+    /// (a partition key of a megabyte) is cut short, saying how much was cut.
     pub fn public_message(&self) -> String {
         match self {
             ApiError::Internal(_) => "internal error; the server log has the detail".to_owned(),
-            other => other.to_string(),
+            other => shorten(other.to_string()),
         }
     }
 
@@ -115,6 +116,24 @@ impl ApiError {
             "error": { "code": self.code(), "message": self.public_message() }
         })
     }
+}
+
+/// The longest message sent, in bytes, before it is cut.
+const MESSAGE_MAX: usize = 2048;
+
+fn shorten(message: String) -> String {
+    if message.len() <= MESSAGE_MAX {
+        return message;
+    }
+    let mut cut = MESSAGE_MAX;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… ({} more bytes of the message left out)",
+        &message[..cut],
+        message.len() - cut
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -230,3 +249,23 @@ impl From<FormRejection> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_messages_are_cut_on_a_char_boundary() {
+        let short = ApiError::BadRequest("bad partition key \"x\"".into());
+        assert_eq!(short.public_message(), "bad partition key \"x\"");
+        let key = "é".repeat(300_000);
+        let long = ApiError::BadRequest(format!("bad partition key \"{key}\""));
+        let message = long.public_message();
+        assert!(message.len() < MESSAGE_MAX + 100, "{}", message.len());
+        assert!(message.starts_with("bad partition key \"éé"));
+        assert!(
+            message.ends_with("more bytes of the message left out)"),
+            "{message}"
+        );
+    }
+}
