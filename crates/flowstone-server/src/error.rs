@@ -110,6 +110,18 @@ impl ApiError {
         }
     }
 
+    /// Logs the error of a `what` (a request, a page): server errors as
+    /// errors, refusals of bad input at debug level.
+    pub(crate) fn log(&self, what: &str) {
+        if self.status().is_server_error() {
+            tracing::error!(target: "flowstone::server", code = self.code(), error = %self,
+                            "{what} failed");
+        } else {
+            tracing::debug!(target: "flowstone::server", code = self.code(), error = %self,
+                            "{what} refused");
+        }
+    }
+
     /// The body of the response, also used by the pages.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({
@@ -139,13 +151,7 @@ fn shorten(message: String) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(target: "flowstone::server", code = self.code(), error = %self,
-                            "request failed");
-        } else {
-            tracing::debug!(target: "flowstone::server", code = self.code(), error = %self,
-                            "request refused");
-        }
+        self.log("request");
         let mut response = (status, Json(self.body())).into_response();
         if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(

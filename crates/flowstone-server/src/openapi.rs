@@ -334,8 +334,8 @@ pub fn document() -> Value {
                 "summary": "Server-sent events: run, step and materialization events as they \
                             are recorded. Each has `id` (event id), `event` (its kind, e.g. \
                             `materialized`, `run_finished`) and `data` (the event as JSON). \
-                            Reconnecting with `Last-Event-ID` (or `after`) replays what was missed. \
-                            The stream's token is checked again every 5 seconds: the stream \
+                            Reconnecting with `Last-Event-ID` (or `after`) replays what was \
+                            missed. The stream's token is checked again every 5 seconds: the stream \
                             ends once it is revoked or has expired.",
                 "parameters": [
                     param("after", "query", "replay events after this id first", json!({ "type": "integer" }), false),

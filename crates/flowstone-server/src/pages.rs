@@ -141,13 +141,7 @@ fn came_from(headers: &HeaderMap) -> Option<String> {
 /// (`sign_in`, for 401 and 403) and one back to `back`.
 fn error_page(err: ApiError, sign_in: Option<&str>, back: &str) -> Response {
     let status = err.status();
-    if status.is_server_error() {
-        tracing::error!(target: "flowstone::server", code = err.code(), error = %err,
-                        "page failed");
-    } else {
-        tracing::debug!(target: "flowstone::server", code = err.code(), error = %err,
-                        "page refused");
-    }
+    err.log("page");
     let message = match &err {
         // The API's words name a header; a browser signs in instead.
         ApiError::Unauthorized(false) => "This page needs an API token: sign in with one.".into(),
@@ -172,8 +166,9 @@ fn error_page(err: ApiError, sign_in: Option<&str>, back: &str) -> Response {
                 p {
                     @if let Some(href) = sign_in {
                         a href=(href) {
-                            @if matches!(err, ApiError::Forbidden(_)) { "Sign in with another token" }
-                            @else { "Sign in" }
+                            @if matches!(err, ApiError::Forbidden(_)) {
+                                "Sign in with another token"
+                            } @else { "Sign in" }
                         }
                         " · "
                     }

@@ -129,6 +129,20 @@ impl App {
         .await
     }
 
+    /// The whole response to a browser's GET of `uri` (status, headers).
+    async fn html_response(&self, uri: &str) -> axum::response::Response {
+        self.router
+            .clone()
+            .oneshot(
+                Request::get(uri)
+                    .header(header::ACCEPT, "text/html")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .expect("the router answers")
+    }
+
     /// Waits (up to 10 s) for a run to leave `running`; returns the run.
     async fn wait_run(&self, run: &str) -> Value {
         for _ in 0..500 {
@@ -1482,17 +1496,7 @@ async fn pages_render_and_refuse_bad_input_with_a_page() {
 async fn pages_ask_to_sign_in_and_the_cookie_lets_in() {
     let secret = "read-secret-0123456789";
     let app = app_with(Tokens::none().with(secret, Right::Read)).await;
-    let response = app
-        .router
-        .clone()
-        .oneshot(
-            Request::get("/")
-                .header(header::ACCEPT, "text/html")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = app.html_response("/").await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(response.headers()[header::LOCATION], "/login");
     let (status, _) = page(&app, "/login").await;
@@ -1541,17 +1545,7 @@ async fn pages_ask_to_sign_in_and_the_cookie_lets_in() {
 async fn signing_in_goes_back_to_the_page_that_asked_and_nowhere_else() {
     let secret = "read-secret-0123456789";
     let app = app_with(Tokens::none().with(secret, Right::Read)).await;
-    let response = app
-        .router
-        .clone()
-        .oneshot(
-            Request::get("/runs?limit=5")
-                .header(header::ACCEPT, "text/html")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = app.html_response("/runs?limit=5").await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let to_login = response.headers()[header::LOCATION].to_str().unwrap();
     assert_eq!(to_login, "/login?next=%2Fruns%3Flimit%3D5");

@@ -508,7 +508,8 @@ fn get(stream: &mut TcpStream, path: &str) -> anyhow::Result<(u16, String)> {
 
 fn post(stream: &mut TcpStream, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
         body.len()
     );
     request(stream, &head, body)
